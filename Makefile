@@ -1,0 +1,27 @@
+# The two set-up commands of the README:
+#   make demo   installs everything into .venv and runs the CPU demo on the synthetic data
+#   make test   installs everything into .venv and runs the whole test suite
+# Only python3 (3.9+) is needed beforehand.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -e '.[notebooks,dev]'
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/spatialflow demo
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info .pytest_cache .hypothesis

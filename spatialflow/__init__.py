@@ -1,0 +1,29 @@
+"""SpatialFlow Workbench: the panoptic segmentation model of *SpatialFlow: Bridging All Tasks for
+Panoptic Segmentation* (Chen et al.), its data layer, training, evaluation and notebooks.
+
+The public names below are imported lazily so that ``spatialflow --help`` stays fast.
+"""
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_config": "spatialflow.config",
+    "save_config": "spatialflow.config",
+    "list_presets": "spatialflow.config",
+    "Config": "spatialflow.config",
+    "CocoPanopticDataset": "spatialflow.data.coco_panoptic",
+    "DatasetError": "spatialflow.data.coco_panoptic",
+    "collate_panoptic": "spatialflow.data.coco_panoptic",
+    "CategoryMap": "spatialflow.data.categories",
+    "make_synthetic": "spatialflow.data.synthetic",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'spatialflow' has no attribute {name!r}")

@@ -1,0 +1,287 @@
+"""Configuration: small dataclasses, named presets (YAML files in ``spatialflow/presets``), and
+YAML load / save with ``key.path=value`` overrides.
+
+``load_config("tiny-cpu", ["model.flows.reg_to_cls=false"])`` gives a :class:`Config`; a YAML
+file may name a preset to start from with ``preset: NAME``. Unknown keys and values of the wrong
+type are rejected with a :class:`~spatialflow.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+import yaml
+
+from spatialflow.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class FlowConfig:
+    """The spatial information flows of eq (3); each can be switched off on its own."""
+    reg_to_cls: bool = True
+    reg_to_stuff: bool = True
+    reg_to_thing: bool = True
+    stuff_to_thing: bool = True  # the semantic flow (zeta)
+
+
+@dataclass
+class ModelConfig:
+    """Network architecture (paper Section III)."""
+    backbone: str = "resnet50"
+    pretrained: Optional[str] = None  # local path to backbone weights; never downloaded
+    fpn_channels: int = 256
+    subnets: bool = True  # false: the naive baseline of III-A (heads directly on P3-P5)
+    dcn: bool = False  # eq (4)
+    stuff_loss_weight: float = 0.25  # lambda of eq (6)
+    flows: FlowConfig = field(default_factory=FlowConfig)
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in synthetic data set, generated when ``data.root`` is not set."""
+    num_train: int = 400
+    num_val: int = 100
+    size: int = 256
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Data set and augmentation."""
+    root: Optional[str] = None  # a make-data, COCO or Cityscapes folder; None: synthetic
+    train_split: str = "train"
+    val_split: str = "val"
+    min_size: List[int] = field(default_factory=lambda: [800])  # shorter edge in training
+    max_size: Optional[int] = 1333
+    size_sample: str = "choice"  # "choice" of min_size, or "range" [min, max]
+    scale_range: Optional[List[float]] = None  # random rescale, e.g. [0.5, 2.0] (Cityscapes)
+    crop_size: Optional[List[int]] = None  # [height, width]
+    flip: bool = True
+    test_size: int = 800  # shorter edge at evaluation
+    size_divisibility: int = 128
+    num_workers: int = 2
+    on_error: str = "raise"  # or "skip" bad items with a warning
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (paper IV-B-1): SGD, warm-up, step decay."""
+    batch_size: int = 8
+    lr: float = 0.005  # for batch_size images; scaled linearly with the batch size
+    base_batch_size: int = 8
+    epochs: int = 20
+    # lr x0.1 at these fractions of the schedule (paper: epochs 16 and 19 of 20)
+    milestones: List[float] = field(default_factory=lambda: [0.8, 0.95])
+    max_iters: Optional[int] = None  # overrides epochs when set
+    warmup_iters: int = 500
+    momentum: float = 0.9
+    weight_decay: float = 0.0001
+    clip_grad: Optional[float] = None
+    amp: bool = True  # CUDA only
+    seed: int = 0
+    log_every: int = 20
+    eval_every: Optional[int] = None  # iterations; None: at the end
+    checkpoint_every: int = 500
+
+
+@dataclass
+class InferConfig:
+    """Detection post-processing and the panoptic merge thresholds (paper IV-B-2)."""
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.4
+    detections_per_img: int = 100
+    mask_conf: float = 0.37
+    overlap: float = 0.37
+    stuff_area: int = 4900
+    box_fill: float = 0.6
+    box_fill_enabled: bool = True
+
+
+@dataclass
+class Config:
+    """A whole run: model, data, training and inference settings."""
+    name: str = "custom"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+
+# ---------------------------------------------------------------------------------------
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value, tp, key: str):
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+
+
+def _merge(obj, data, prefix: str = ""):
+    """Return a copy of dataclass ``obj`` with the nested dict ``data`` applied."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, "
+                          f"got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in data.items():
+        full = prefix + str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}' (valid: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = _merge(current, value, full + ".")
+        else:
+            changes[key] = _coerce(value, hints[key], full)
+    return dataclasses.replace(obj, **changes)
+
+
+def _check(cfg: Config) -> Config:
+    """Reject impossible values, naming the key."""
+    def need(ok, key, what):
+        if not ok:
+            raise ConfigError(f"config key '{key}': {what}")
+
+    t, i, d, m = cfg.train, cfg.infer, cfg.data, cfg.model
+    need(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
+    need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
+    need(t.base_batch_size >= 1, "train.base_batch_size", "must be >= 1")
+    need(t.max_iters is None or t.max_iters >= 1, "train.max_iters", "must be >= 1")
+    need(t.epochs >= 1, "train.epochs", "must be >= 1")
+    need(all(0 < x < 1 for x in t.milestones), "train.milestones", "must be fractions in (0, 1)")
+    need(t.warmup_iters >= 0, "train.warmup_iters", "must be >= 0")
+    need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    for k in ("score_thresh", "nms_thresh", "mask_conf", "overlap", "box_fill"):
+        v = getattr(i, k)
+        need(0.0 <= v <= 1.0, f"infer.{k}", f"must be in [0, 1], got {v}")
+    need(i.stuff_area >= 0, "infer.stuff_area", "must be >= 0")
+    need(i.detections_per_img >= 1, "infer.detections_per_img", "must be >= 1")
+    need(m.fpn_channels >= 1, "model.fpn_channels", "must be >= 1")
+    need(m.stuff_loss_weight >= 0, "model.stuff_loss_weight", "must be >= 0")
+    need(d.min_size and all(s > 0 for s in d.min_size), "data.min_size", "must be positive sizes")
+    need(d.size_sample in ("choice", "range"), "data.size_sample", "must be 'choice' or 'range'")
+    need(d.size_sample != "range" or len(d.min_size) == 2, "data.min_size",
+         "needs [min, max] with size_sample 'range'")
+    need(d.on_error in ("raise", "skip"), "data.on_error", "must be 'raise' or 'skip'")
+    need(d.scale_range is None or (len(d.scale_range) == 2 and 0 < d.scale_range[0]
+                                   <= d.scale_range[1]), "data.scale_range", "must be [lo, hi]")
+    need(d.crop_size is None or (len(d.crop_size) == 2 and min(d.crop_size) > 0),
+         "data.crop_size", "must be [height, width]")
+    need(d.size_divisibility >= 1, "data.size_divisibility", "must be >= 1")
+    s = d.synthetic
+    need(s.num_train >= 1 and s.num_val >= 1, "data.synthetic", "needs >= 1 train and val image")
+    need(s.size >= 32, "data.synthetic.size", f"must be >= 32, got {s.size}")
+    return cfg
+
+
+def list_presets() -> List[str]:
+    """Names of the built-in presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _from_yaml(path: Path) -> Config:
+    """A config file, starting from the preset its ``preset:`` key names (if any)."""
+    data = _read_yaml(path)
+    base = data.pop("preset", None)
+    cfg = load_config(str(base)) if base is not None else Config()
+    return _merge(cfg, data)
+
+
+def parse_override(text: str):
+    """``'a.b.c=value'`` -> ``(['a', 'b', 'c'], value)`` with the value parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key.path=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(name_or_path: Union[str, Path, None] = "tiny-cpu",
+                overrides: Sequence[str] = ()) -> Config:
+    """A :class:`Config` from a preset name or a YAML file, then ``key.path=value`` overrides.
+
+    A YAML file may start from a preset with a top-level ``preset: NAME`` key.
+    """
+    cfg = Config()
+    if name_or_path is not None:
+        path = Path(name_or_path)
+        if path.suffix in (".yaml", ".yml") or path.is_file():
+            if not path.is_file():
+                raise ConfigError(f"{path}: config file not found")
+            cfg = _from_yaml(path)
+        else:
+            name = str(name_or_path)
+            preset = PRESET_DIR / f"{name}.yaml"
+            if not preset.is_file():
+                raise ConfigError(f"unknown preset '{name}' (presets: {', '.join(list_presets())})")
+            cfg = dataclasses.replace(_from_yaml(preset), name=name)
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        cfg = _merge(cfg, nested)
+    return _check(cfg)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain data (for YAML and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(data: dict) -> Config:
+    """Inverse of :func:`config_to_dict`, with the same checks as :func:`load_config`."""
+    return _check(_merge(Config(), data))
+
+
+def save_config(cfg: Config, path) -> None:
+    """Write ``cfg`` as YAML; :func:`load_config` of that file gives the same config."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -1,0 +1,343 @@
+"""COCO panoptic datasets (COCO, Cityscapes converted to COCO panoptic, the synthetic data).
+
+``CocoPanopticDataset[i]`` returns ``(image float[3,H,W] in [0, 1], target)`` with
+
+===================== ========================================================================
+``boxes``             ``float32[N,4]`` xyxy of the non-crowd things (right/bottom exclusive)
+``labels``            ``int64[N]`` contiguous thing ids (:class:`CategoryMap`)
+``masks``             ``uint8[N,H,W]`` instance masks
+``segment_ids``       ``int64[N]`` their ids in the panoptic PNG
+``crowd_*``           the same four fields for crowd segments (not trained on)
+``sem_seg``           ``int64[H,W]``: stuff index ``0..S-1``, ``S`` = 'other' (any thing,
+                      crowd included), 255 = ignore (VOID)
+``image_id``          the JSON's image id
+``file_name``         the image path
+``orig_size``/``size`` ``int64[2]`` (H, W) before / after the transforms
+``skipped``           list of messages of unreadable items replaced by this one
+                      (``on_error="skip"`` only; empty otherwise)
+===================== ========================================================================
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torchvision.models.detection.image_list import ImageList
+
+from spatialflow.data.categories import IGNORE_INDEX, CategoryMap
+from spatialflow.data.panoptic_io import (find_image, load_json, read_image,
+                                          read_panoptic_png, segment_stats)
+from spatialflow.data.transforms import INSTANCE_FIELDS, boxes_from_masks, pad_to_divisible
+from spatialflow.errors import DatasetError
+
+
+def panoptic_to_target(pan: np.ndarray, segments: Sequence[dict], categories: CategoryMap,
+                       source: str = "panoptic PNG") -> dict:
+    """Targets (instance masks, ``sem_seg``) of one panoptic id map and its ``segments_info``.
+
+    Raises :class:`DatasetError` (naming ``source``) when a PNG id is not in ``segments_info``
+    or a listed segment has no pixel.
+    """
+    pan = np.asarray(pan)
+    ids, inverse = np.unique(pan, return_inverse=True)
+    inverse = inverse.reshape(pan.shape)
+    by_id = {int(s["id"]): s for s in segments}
+    present = {int(i) for i in ids} - {0}
+    unknown = sorted(present - by_id.keys())
+    if unknown:
+        raise DatasetError(f"{source}: PNG segment id(s) {unknown[:10]} are not in segments_info")
+    empty = sorted(by_id.keys() - present)
+    if empty:
+        raise DatasetError(f"{source}: segments_info id(s) {empty[:10]} have no pixel in the PNG")
+
+    sem_lut = np.full(len(ids), IGNORE_INDEX, np.int64)
+    groups = {"": ([], [], []), "crowd_": ([], [], [])}  # inverse index, label, segment id
+    for k, sid in enumerate(ids.tolist()):
+        if sid == 0:
+            continue
+        seg = by_id[sid]
+        cat = seg["category_id"]
+        sem_lut[k] = categories.semantic_index(cat)
+        if categories.is_thing(cat):
+            group = groups["crowd_" if seg.get("iscrowd", 0) else ""]
+            group[0].append(k)
+            group[1].append(categories.thing_index(cat))
+            group[2].append(sid)
+
+    h, w = pan.shape
+    target = {"sem_seg": torch.from_numpy(sem_lut[inverse])}
+    for prefix, (ks, labels, sids) in groups.items():
+        if ks:
+            masks = torch.from_numpy(inverse[None] == np.asarray(ks)[:, None, None]).to(torch.uint8)
+        else:
+            masks = torch.zeros((0, h, w), dtype=torch.uint8)
+        target[prefix + "masks"] = masks
+        target[prefix + "labels"] = torch.as_tensor(labels, dtype=torch.int64)
+        target[prefix + "segment_ids"] = torch.as_tensor(sids, dtype=torch.int64)
+        target[prefix + "boxes"] = boxes_from_masks(masks)
+    return target
+
+
+def target_to_panoptic(target: dict, categories: CategoryMap,
+                       segments_info: Optional[Sequence[dict]] = None) -> Tuple[np.ndarray, list]:
+    """Rebuild ``(panoptic id map, segments_info)`` from a target's masks and ``sem_seg``.
+
+    Instances keep their ``segment_ids``; each stuff class takes the id of its segment in
+    ``segments_info`` when given (COCO has at most one segment per stuff class and image), else a
+    fresh id. Pixels of 'other' not covered by any mask, and ignored pixels, are VOID (0).
+    """
+    sem = target["sem_seg"].numpy()
+    pan = np.zeros(sem.shape, np.int64)
+    stuff_seg = {}
+    for s in segments_info or ():
+        if not categories.is_thing(s["category_id"]):
+            stuff_seg.setdefault(s["category_id"], int(s["id"]))
+    out, used = [], set(int(i) for i in target["segment_ids"]) | set(
+        int(i) for i in target["crowd_segment_ids"])
+    next_id = max(used | set(stuff_seg.values()) | {0}) + 1
+    for idx in np.unique(sem).tolist():
+        if idx >= categories.num_stuff:  # 'other' or ignore
+            continue
+        cat = categories.stuff_id(idx)
+        sid = stuff_seg.get(cat)
+        if sid is None:
+            sid, next_id = next_id, next_id + 1
+        pan[sem == idx] = sid
+        out.append({"id": sid, "category_id": cat, "iscrowd": 0})
+    for prefix, crowd in (("", 0), ("crowd_", 1)):
+        for mask, label, sid in zip(target[prefix + "masks"], target[prefix + "labels"],
+                                    target[prefix + "segment_ids"]):
+            pan[mask.numpy().astype(bool)] = int(sid)
+            out.append({"id": int(sid), "category_id": categories.thing_id(int(label)),
+                        "iscrowd": crowd})
+    stats = segment_stats(pan)
+    segments = []
+    for s in out:
+        if s["id"] in stats:
+            s["area"], s["bbox"] = stats[s["id"]]
+            segments.append(s)
+    return pan, segments
+
+
+class CocoPanopticDataset(torch.utils.data.Dataset):
+    """A COCO panoptic dataset: images, panoptic PNGs and their JSON.
+
+    Args:
+        image_dir: folder of the images (searched recursively by file stem when the JSON's
+            ``file_name`` is not found as is, so any extension and city sub-folders work).
+        panoptic_json: COCO panoptic JSON (``images``, ``annotations``, ``categories``).
+        panoptic_dir: folder of the panoptic PNGs named in ``annotations[].file_name``.
+        transforms: joint transform ``(image, target) -> (image, target)``, see
+            :mod:`spatialflow.data.transforms`.
+        on_error: ``"raise"`` (default) fails on the first bad item with a message naming the
+            file and the fault; ``"skip"`` warns, leaves the item out (faults found when opening)
+            or serves the next good item instead (faults found when reading), and counts them in
+            :attr:`skipped`.
+        check_files: check at opening that every image and PNG exists.
+
+    JSON-level faults (malformed file, categories without ``isthing``, unknown ``category_id``
+    in the whole file) always raise :class:`DatasetError`.
+    """
+
+    def __init__(self, image_dir, panoptic_json, panoptic_dir,
+                 transforms: Optional[Callable] = None, on_error: str = "raise",
+                 check_files: bool = True):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.image_dir, self.panoptic_dir = Path(image_dir), Path(panoptic_dir)
+        self.panoptic_json = Path(panoptic_json)
+        self.transforms, self.on_error = transforms, on_error
+        self.skipped: List[str] = []
+        for d, what in ((self.image_dir, "image folder"), (self.panoptic_dir, "panoptic PNG folder")):
+            if not d.is_dir():
+                raise DatasetError(f"{d}: {what} not found")
+        data = load_json(self.panoptic_json, required=("images", "annotations", "categories"))
+        self.categories = CategoryMap.from_coco(data["categories"], source=str(self.panoptic_json))
+        self.records = self._index(data, check_files)
+        if not self.records:
+            raise DatasetError(f"{self.panoptic_json}: no usable image"
+                               + (f" ({len(self.skipped)} skipped)" if self.skipped else ""))
+
+    # opening ---------------------------------------------------------------------------
+    def _fault(self, msg: str):
+        if self.on_error == "raise":
+            raise DatasetError(msg)
+        warnings.warn(f"skipping: {msg}", stacklevel=3)
+        self.skipped.append(msg)
+
+    def _index(self, data: dict, check_files: bool) -> list:
+        src = str(self.panoptic_json)
+        images = {}
+        for i, im in enumerate(data["images"]):
+            if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
+                raise DatasetError(f"{src}: images[{i}] needs 'id' and 'file_name'")
+            images[im["id"]] = im
+        stem_index: dict = {}
+        records, annotated = [], set()
+        for i, ann in enumerate(data["annotations"]):
+            if not isinstance(ann, dict) or any(
+                    k not in ann for k in ("image_id", "file_name", "segments_info")):
+                raise DatasetError(f"{src}: annotations[{i}] needs 'image_id', 'file_name' and "
+                                   f"'segments_info'")
+            image_id = ann["image_id"]
+            where = f"{src}: image id {image_id}"
+            if image_id not in images:
+                self._fault(f"{where}: annotation for an image not in 'images'")
+                continue
+            annotated.add(image_id)
+            segments, seen = [], set()
+            bad = None
+            for seg in ann["segments_info"]:
+                if not isinstance(seg, dict) or "id" not in seg or "category_id" not in seg:
+                    bad = f"{where}: a segment lacks 'id' or 'category_id'"
+                elif seg["category_id"] not in self.categories:
+                    bad = (f"{where}: segment id {seg['id']} has category_id "
+                           f"{seg['category_id']}, which is not in 'categories'")
+                elif seg["id"] in seen:
+                    bad = f"{where}: segment id {seg['id']} appears twice in segments_info"
+                if bad:
+                    break
+                seen.add(seg["id"])
+                segments.append(seg)
+            if bad:
+                self._fault(bad)
+                continue
+            im = images[image_id]
+            image_path = find_image(self.image_dir, im["file_name"], stem_index)
+            png_path = self.panoptic_dir / ann["file_name"]
+            if check_files:
+                if not image_path.is_file():
+                    self._fault(f"{image_path}: image file not found (image id {image_id})")
+                    continue
+                if not png_path.is_file():
+                    self._fault(f"{png_path}: panoptic PNG not found (image id {image_id})")
+                    continue
+            records.append({"image_id": image_id, "image_path": image_path, "png_path": png_path,
+                            "height": im.get("height"), "width": im.get("width"),
+                            "segments_info": segments})
+        for image_id in images.keys() - annotated:
+            self._fault(f"{src}: image id {image_id} ({images[image_id]['file_name']}) has no "
+                        f"annotation")
+        return records
+
+    # reading ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def annotation(self, idx: int) -> dict:
+        """The JSON record of item ``idx`` (image id, paths, ``segments_info``)."""
+        return self.records[idx]
+
+    def load(self, idx: int) -> Tuple[np.ndarray, np.ndarray, dict]:
+        """Raw ``(image uint8[H,W,3], panoptic ids int64[H,W], record)`` of item ``idx``."""
+        rec = self.records[idx]
+        image = read_image(rec["image_path"])
+        pan = read_panoptic_png(rec["png_path"])
+        if image.shape[:2] != pan.shape:
+            raise DatasetError(f"{rec['png_path']}: size {pan.shape[1]}x{pan.shape[0]} differs "
+                               f"from its image {rec['image_path']} "
+                               f"({image.shape[1]}x{image.shape[0]})")
+        if rec["height"] is not None and (rec["height"], rec["width"]) != pan.shape:
+            raise DatasetError(f"{rec['image_path']}: size {image.shape[1]}x{image.shape[0]} "
+                               f"differs from the JSON's {rec['width']}x{rec['height']} "
+                               f"(image id {rec['image_id']})")
+        return image, pan, rec
+
+    def _read(self, idx: int):
+        image, pan, rec = self.load(idx)
+        target = panoptic_to_target(pan, rec["segments_info"], self.categories,
+                                    source=f"{rec['png_path']} (image id {rec['image_id']})")
+        target["image_id"] = rec["image_id"]
+        target["file_name"] = str(rec["image_path"])
+        target["orig_size"] = torch.tensor(pan.shape, dtype=torch.int64)
+        target["size"] = torch.tensor(pan.shape, dtype=torch.int64)
+        img = torch.from_numpy(image).permute(2, 0, 1).to(torch.float32).div_(255.0)
+        if self.transforms is not None:
+            img, target = self.transforms(img, target)
+        return img, target
+
+    def __getitem__(self, idx: int):
+        if self.on_error == "raise":
+            img, target = self._read(idx)
+            target["skipped"] = []
+            return img, target
+        skipped = []
+        for k in range(len(self)):
+            try:
+                img, target = self._read((idx + k) % len(self))
+            except DatasetError as e:
+                warnings.warn(f"skipping: {e}", stacklevel=2)
+                skipped.append(str(e))
+                self.skipped.append(str(e))
+                continue
+            target["skipped"] = skipped
+            return img, target
+        raise DatasetError(f"{self.panoptic_json}: no item could be read ({len(skipped)} bad)")
+
+    # construction helpers --------------------------------------------------------------
+    @classmethod
+    def from_root(cls, root, split: str = "train", **kwargs) -> "CocoPanopticDataset":
+        """Open ``split`` of a dataset folder in one of these layouts:
+
+        - ``spatialflow make-data``: ``root/{split}/``, ``root/panoptic_{split}.json``,
+          ``root/panoptic_{split}/``
+        - COCO: ``root/{split}2017/``, ``root/annotations/panoptic_{split}2017.json``,
+          ``root/annotations/panoptic_{split}2017/``
+        - Cityscapes after ``cityscapesscripts``' ``createPanopticImgs``:
+          ``root/leftImg8bit/{split}/``, ``root/gtFine/cityscapes_panoptic_{split}.json``,
+          ``root/gtFine/cityscapes_panoptic_{split}/``
+        """
+        root = Path(root)
+        layouts = [
+            (root / split, root / f"panoptic_{split}.json", root / f"panoptic_{split}"),
+            (root / f"{split}2017", root / "annotations" / f"panoptic_{split}2017.json",
+             root / "annotations" / f"panoptic_{split}2017"),
+            (root / "leftImg8bit" / split, root / "gtFine" / f"cityscapes_panoptic_{split}.json",
+             root / "gtFine" / f"cityscapes_panoptic_{split}"),
+        ]
+        for image_dir, js, png_dir in layouts:
+            if js.is_file():
+                return cls(image_dir, js, png_dir, **kwargs)
+        tried = ", ".join(str(js) for _, js, _ in layouts)
+        raise DatasetError(f"{root}: no panoptic JSON for split '{split}' (looked for {tried})")
+
+
+def collate_panoptic(batch: Sequence, size_divisibility: int = 128):
+    """Batch ``(image, target)`` pairs: images zero-padded bottom/right to a common size
+    divisible by ``size_divisibility`` (128 = the stride of P7) as a torchvision ``ImageList``
+    (``image_sizes`` = the unpadded sizes); masks padded with 0 and ``sem_seg`` with 255, so
+    padding is never trained as a class."""
+    images, targets = zip(*batch)
+    max_h = max(int(im.shape[-2]) for im in images)
+    max_w = max(int(im.shape[-1]) for im in images)
+    ph, pw = pad_to_divisible(max_h, max_w, size_divisibility)
+    tensor = images[0].new_zeros((len(images), images[0].shape[0], ph, pw))
+    out = []
+    for i, (im, t) in enumerate(zip(images, targets)):
+        h, w = im.shape[-2:]
+        tensor[i, :, :h, :w] = im
+        t = dict(t)
+        sem = torch.full((ph, pw), IGNORE_INDEX, dtype=t["sem_seg"].dtype)
+        sem[:h, :w] = t["sem_seg"]
+        t["sem_seg"] = sem
+        for prefix in ("", "crowd_"):
+            m = t[prefix + "masks"]
+            padded = m.new_zeros((m.shape[0], ph, pw))
+            padded[:, :h, :w] = m
+            t[prefix + "masks"] = padded
+        out.append(t)
+    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    return ImageList(tensor, sizes), out
+
+
+def count_skipped(targets: Sequence[dict]) -> int:
+    """Number of unreadable items that were replaced to fill this batch (``on_error="skip"``)."""
+    return sum(len(t.get("skipped", ())) for t in targets)
+
+
+__all__ = ["CocoPanopticDataset", "DatasetError", "collate_panoptic", "count_skipped",
+           "panoptic_to_target", "target_to_panoptic", "INSTANCE_FIELDS"]
