@@ -1,0 +1,85 @@
+"""Shared fixtures: the real COCO sample in ../shared and small hand-made panoptic data sets."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from panopticapi.utils import id2rgb
+
+ROOT = Path(__file__).resolve().parents[1]
+COCO_SAMPLE = ROOT.parent / "shared" / "data" / "coco_panoptic_sample"
+
+TINY_CATEGORIES = [
+    {"id": 7, "name": "ball", "isthing": 1, "color": [200, 30, 30], "supercategory": "toy"},
+    {"id": 3, "name": "box", "isthing": 1, "color": [30, 200, 30], "supercategory": "toy"},
+    {"id": 20, "name": "floor", "isthing": 0, "color": [90, 90, 90], "supercategory": "ground"},
+    {"id": 11, "name": "wall", "isthing": 0, "color": [200, 200, 150], "supercategory": "wall"},
+]
+
+
+@pytest.fixture(scope="session")
+def coco_sample():
+    """The two real COCO val images with panoptic ground truth (skipped without ../shared)."""
+    if not (COCO_SAMPLE / "panoptic.json").is_file():
+        pytest.skip(f"COCO panoptic sample not present at {COCO_SAMPLE}")
+    return COCO_SAMPLE
+
+
+def tiny_scene(h=40, w=48, crowd=True):
+    """A hand-made panoptic id map and segments: wall above floor, two touching boxes, a ball,
+    an optional crowd of balls and a VOID strip."""
+    pan = np.zeros((h, w), np.int64)
+    pan[: h // 2] = 1100            # wall
+    pan[h // 2:] = 2000             # floor
+    pan[24:34, 4:14] = 301          # box 1
+    pan[24:34, 14:22] = 302         # box 2, touching box 1
+    pan[6:14, 30:38] = 701          # ball
+    segs = [
+        {"id": 1100, "category_id": 11, "iscrowd": 0},
+        {"id": 2000, "category_id": 20, "iscrowd": 0},
+        {"id": 301, "category_id": 3, "iscrowd": 0},
+        {"id": 302, "category_id": 3, "iscrowd": 0},
+        {"id": 701, "category_id": 7, "iscrowd": 0},
+    ]
+    if crowd:
+        pan[30:38, 34:46] = 799
+        segs.append({"id": 799, "category_id": 7, "iscrowd": 1})
+    pan[:, -1] = 0                  # VOID column
+    for s in segs:
+        ys, xs = np.nonzero(pan == s["id"])
+        s["area"] = int(len(ys))
+        s["bbox"] = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                     int(ys.max() - ys.min() + 1)]
+    return pan, segs
+
+
+def write_tiny_dataset(root: Path, n: int = 3, image_ext: str = ".jpg"):
+    """Write ``n`` tiny scenes in the make-data layout (``root/train`` etc.); returns paths."""
+    img_dir, png_dir = root / "train", root / "panoptic_train"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    png_dir.mkdir(parents=True, exist_ok=True)
+    images, anns = [], []
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        pan, segs = tiny_scene(crowd=(i % 2 == 0))
+        colors = {s["id"]: rng.integers(0, 255, 3) for s in segs}
+        rgb = np.zeros(pan.shape + (3,), np.uint8)
+        for sid, c in colors.items():
+            rgb[pan == sid] = c
+        name = f"{i:04d}"
+        Image.fromarray(rgb).save(img_dir / (name + image_ext))
+        Image.fromarray(id2rgb(pan).astype(np.uint8)).save(png_dir / (name + ".png"))
+        images.append({"id": i + 1, "file_name": name + image_ext, "height": pan.shape[0],
+                       "width": pan.shape[1]})
+        anns.append({"image_id": i + 1, "file_name": name + ".png", "segments_info": segs})
+    js = root / "panoptic_train.json"
+    js.write_text(json.dumps({"images": images, "annotations": anns,
+                              "categories": TINY_CATEGORIES}))
+    return img_dir, js, png_dir
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    return write_tiny_dataset(tmp_path)
