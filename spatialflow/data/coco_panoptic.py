@@ -289,7 +289,7 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
           ``root/annotations/panoptic_{split}2017/``
         - Cityscapes after ``cityscapesscripts``' ``createPanopticImgs``:
           ``root/leftImg8bit/{split}/``, ``root/gtFine/cityscapes_panoptic_{split}.json``,
-          ``root/gtFine/cityscapes_panoptic_{split}/``
+          ``root/gtFine/cityscapes_panoptic_{split}/`` (or the ``_trainId`` variant)
         """
         root = Path(root)
         layouts = [
@@ -298,6 +298,9 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
              root / "annotations" / f"panoptic_{split}2017"),
             (root / "leftImg8bit" / split, root / "gtFine" / f"cityscapes_panoptic_{split}.json",
              root / "gtFine" / f"cityscapes_panoptic_{split}"),
+            (root / "leftImg8bit" / split,
+             root / "gtFine" / f"cityscapes_panoptic_{split}_trainId.json",
+             root / "gtFine" / f"cityscapes_panoptic_{split}_trainId"),
         ]
         for image_dir, js, png_dir in layouts:
             if js.is_file():
