@@ -50,17 +50,16 @@ def cmd_info(args) -> int:
 
 def cmd_make_data(args) -> int:
     """Write a synthetic data set in COCO panoptic format and print its summary."""
-    from spatialflow.data.synthetic import format_summary, make_synthetic
+    from spatialflow.data.synthetic import format_summary, make_synthetic, summarize
 
     for key in ("num_train", "num_val"):
         if getattr(args, key) < 1:
             raise InputError(f"--{key.replace('_', '-')} must be >= 1")
     if args.size < 32:
         raise InputError("--size must be >= 32")
-    summary = make_synthetic(args.out, num_train=args.num_train, num_val=args.num_val,
-                             size=args.size, seed=args.seed, workers=args.workers,
-                             progress=not args.quiet)
-    print(format_summary(summary))
+    make_synthetic(args.out, num_train=args.num_train, num_val=args.num_val, size=args.size,
+                   seed=args.seed, workers=args.workers, progress=not args.quiet)
+    print(format_summary(summarize(args.out)))
     print(f"written to {Path(args.out).resolve()}")
     return 0
 
@@ -69,7 +68,7 @@ def cmd_demo(args) -> int:
     """The main job on the built-in synthetic data (CPU): make the data, read it back."""
     from spatialflow.config import load_config
     from spatialflow.data.coco_panoptic import CocoPanopticDataset, collate_panoptic
-    from spatialflow.data.synthetic import format_summary, make_synthetic
+    from spatialflow.data.synthetic import format_summary, make_synthetic, summarize
 
     cfg = load_config(args.preset, args.set)
     out = Path(args.out)
@@ -77,9 +76,9 @@ def cmd_demo(args) -> int:
     s = cfg.data.synthetic
     print(f"[1/2] synthetic data: {s.num_train} train + {s.num_val} val images of "
           f"{s.size}x{s.size} px (seed {s.seed}) -> {data_dir}")
-    summary = make_synthetic(data_dir, num_train=s.num_train, num_val=s.num_val, size=s.size,
-                             seed=s.seed, progress=True)
-    print(format_summary(summary))
+    make_synthetic(data_dir, num_train=s.num_train, num_val=s.num_val, size=s.size, seed=s.seed,
+                   progress=True)
+    print(format_summary(summarize(data_dir)))
     print("[2/2] reading it back as COCO panoptic")
     for split in (cfg.data.train_split, cfg.data.val_split):
         ds = CocoPanopticDataset.from_root(data_dir, split)

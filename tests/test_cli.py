@@ -1,0 +1,60 @@
+"""The command line: subcommands, exit codes and messages."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from spatialflow.cli import main
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "panopticapi-lite" in out and "device:" in out
+    for preset in ("tiny-cpu", "r50-coco", "r101-dcn-coco", "r50-cityscapes"):
+        assert preset in out
+
+
+def test_make_data_writes_coco_panoptic(tmp_path, capsys):
+    out = tmp_path / "synth"
+    rc = main(["make-data", "synthetic", "--out", str(out), "--num-train", "3", "--num-val", "2",
+               "--size", "96", "--seed", "1", "--quiet"])
+    assert rc == 0
+    for split, n in (("train", 3), ("val", 2)):
+        data = json.loads((out / f"panoptic_{split}.json").read_text())
+        assert len(data["images"]) == n == len(list((out / split).iterdir()))
+        assert len(list((out / f"panoptic_{split}").glob("*.png"))) == n
+        assert (out / f"instances_{split}.json").is_file()
+    assert str(out.resolve()) in capsys.readouterr().out
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    rc = main(["make-data", "synthetic", "--out", str(tmp_path), "--num-train", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--num-train must be >= 1" in err
+    rc = main(["demo", "--out", str(tmp_path), "--set", "model.flows.nope=true"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown config key 'model.flows.nope'" in err and "Traceback" not in err
+
+
+def test_demo_runs_on_small_synthetic_data(tmp_path, capsys):
+    rc = main(["demo", "--out", str(tmp_path / "demo"), "--set", "data.synthetic.num_train=4",
+               "data.synthetic.num_val=2", "data.synthetic.size=96"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "train: 4 items" in out and "val: 2 items" in out and "demo done" in out
+
+
+def test_entry_point_help_and_usage_errors():
+    run = lambda *a: subprocess.run([sys.executable, "-m", "spatialflow.cli", *a],
+                                    capture_output=True, text=True)
+    r = run("--help")
+    assert r.returncode == 0
+    for cmd in ("info", "make-data", "demo"):
+        assert cmd in r.stdout
+    r = run("make-data")
+    assert r.returncode == 2 and "usage:" in r.stderr
+    r = run("make-data", "cityscapes", "--out", "x")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
