@@ -257,3 +257,42 @@ def test_missing_folders_and_json(tmp_path):
         CocoPanopticDataset(tmp_path / "nope", js, png_dir)
     with pytest.raises(DatasetError, match="JSON file not found"):
         CocoPanopticDataset(img_dir, tmp_path / "x.json", png_dir)
+
+
+# --- the built-in synthetic data through the same reader -------------------------------------
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    from spatialflow.data.synthetic import make_synthetic
+    root = tmp_path_factory.mktemp("synth")
+    make_synthetic(root, num_train=8, num_val=2, size=96, seed=5, workers=1, progress=False)
+    return root
+
+
+def test_synthetic_round_trip_and_crowd(synthetic_root):
+    ds = CocoPanopticDataset.from_root(synthetic_root, "train")
+    assert (ds.categories.num_things, ds.categories.num_stuff) == (4, 5)
+    for i in range(len(ds)):
+        _, t = ds[i]
+        _, pan, rec = ds.load(i)
+        rebuilt, segs = target_to_panoptic(t, ds.categories, rec["segments_info"])
+        assert np.array_equal(rebuilt, pan)
+        crowd = {s["id"] for s in rec["segments_info"] if s["iscrowd"]}
+        assert set(t["crowd_segment_ids"].tolist()) == crowd
+        assert not crowd & set(t["segment_ids"].tolist())      # crowd is never a training instance
+    assert (synthetic_root / "instances_train.json").is_file()
+
+
+def test_synthetic_batches_through_a_dataloader(synthetic_root):
+    from spatialflow.data.transforms import build_transforms
+    ds = CocoPanopticDataset.from_root(synthetic_root, "train",
+                                       transforms=build_transforms((80, 112), 160, "range"))
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2,
+                                         collate_fn=collate_panoptic)
+    seen = 0
+    for images, targets in loader:
+        assert images.tensors.shape[-1] % 128 == 0 and images.tensors.shape[-2] % 128 == 0
+        for (h, w), t in zip(images.image_sizes, targets):
+            assert t["size"].tolist() == [h, w] and 80 <= min(h, w) <= 112
+            assert t["sem_seg"].shape == images.tensors.shape[-2:]
+        seen += len(targets)
+    assert seen == len(ds)

@@ -29,7 +29,7 @@ import torch
 from torchvision.models.detection.image_list import ImageList
 
 from spatialflow.data.categories import IGNORE_INDEX, CategoryMap
-from spatialflow.data.panoptic_io import (find_image, load_json, read_image,
+from spatialflow.data.panoptic_io import (index_images, load_json, read_image,
                                           read_panoptic_png, segment_stats)
 from spatialflow.data.transforms import INSTANCE_FIELDS, boxes_from_masks, pad_to_divisible
 from spatialflow.errors import DatasetError
@@ -176,7 +176,7 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
             if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
                 raise DatasetError(f"{src}: images[{i}] needs 'id' and 'file_name'")
             images[im["id"]] = im
-        stem_index: dict = {}
+        stem_index = None  # built on first need: stem -> path of every image under image_dir
         records, annotated = [], set()
         for i, ann in enumerate(data["annotations"]):
             if not isinstance(ann, dict) or any(
@@ -207,7 +207,11 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
                 self._fault(bad)
                 continue
             im = images[image_id]
-            image_path = find_image(self.image_dir, im["file_name"], stem_index)
+            image_path = self.image_dir / im["file_name"]
+            if not image_path.is_file():  # another extension, or in a sub-folder (Cityscapes)
+                if stem_index is None:
+                    stem_index = index_images(self.image_dir)
+                image_path = stem_index.get(Path(im["file_name"]).stem, image_path)
             png_path = self.panoptic_dir / ann["file_name"]
             if check_files:
                 if not image_path.is_file():

@@ -102,16 +102,10 @@ def segment_stats(pan: np.ndarray) -> Dict[int, Tuple[int, list]]:
     }
 
 
-def find_image(image_dir: Path, file_name: str, index: Dict[str, Path]) -> Path:
-    """Resolve an image named in a JSON: the exact path, else a file with the same stem and any
-    image extension anywhere under ``image_dir`` (Cityscapes keeps images in city folders).
-    ``index`` is a stem -> path cache filled on first need."""
-    exact = image_dir / file_name
-    if exact.is_file():
-        return exact
-    if not index:
-        for p in sorted(image_dir.rglob("*")):
-            if p.suffix.lower() in IMAGE_EXTENSIONS:
-                index.setdefault(p.stem, p)
-        index.setdefault("", image_dir)  # mark as built even when empty
-    return index.get(Path(file_name).stem, exact)
+def index_images(image_dir: Path) -> Dict[str, Path]:
+    """``{file stem: path}`` of every image file under ``image_dir`` (recursively)."""
+    index: Dict[str, Path] = {}
+    for p in sorted(Path(image_dir).rglob("*")):
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+            index.setdefault(p.stem, p)
+    return index
