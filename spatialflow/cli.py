@@ -74,12 +74,12 @@ def cmd_demo(args) -> int:
     out = Path(args.out)
     data_dir = out / "data"
     s = cfg.data.synthetic
-    print(f"[1/2] synthetic data: {s.num_train} train + {s.num_val} val images of "
+    print(f"[1/3] synthetic data: {s.num_train} train + {s.num_val} val images of "
           f"{s.size}x{s.size} px (seed {s.seed}) -> {data_dir}")
     make_synthetic(data_dir, num_train=s.num_train, num_val=s.num_val, size=s.size, seed=s.seed,
                    progress=True)
     print(format_summary(summarize(data_dir)))
-    print("[2/2] reading it back as COCO panoptic")
+    print("[2/3] reading it back as COCO panoptic")
     for split in (cfg.data.train_split, cfg.data.val_split):
         ds = CocoPanopticDataset.from_root(data_dir, split)
         images, targets = collate_panoptic([ds[i] for i in range(min(2, len(ds)))],
@@ -88,8 +88,26 @@ def cmd_demo(args) -> int:
         print(f"  {split}: {len(ds)} items, {ds.categories.num_things} thing + "
               f"{ds.categories.num_stuff} stuff classes; first batch "
               f"{tuple(images.tensors.shape)} with {n_inst} instances")
+    split = cfg.data.val_split
+    print(f"[3/3] panopticapi's pq_compute of the {split} ground truth against itself")
+    res = _self_pq(data_dir / f"panoptic_{split}.json", data_dir / f"panoptic_{split}")
+    print("  " + "  ".join(f"PQ {k} {100 * res[k]['pq']:.1f} ({res[k]['n']} classes)"
+                           for k in ("All", "Things", "Stuff")))
     print(f"demo done: data in {data_dir.resolve()}")
     return 0
+
+
+def _self_pq(panoptic_json: Path, panoptic_dir: Path) -> dict:
+    """panopticapi's PQ of a ground truth against itself (100 for valid data), its chatter
+    silenced."""
+    import contextlib
+    import io
+
+    from panopticapi.evaluation import pq_compute
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return pq_compute(str(panoptic_json), str(panoptic_json), str(panoptic_dir),
+                          str(panoptic_dir))
 
 
 def build_parser() -> argparse.ArgumentParser:

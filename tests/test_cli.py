@@ -45,6 +45,7 @@ def test_demo_runs_on_small_synthetic_data(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "train: 4 items" in out and "val: 2 items" in out and "demo done" in out
+    assert "PQ All 100.0" in out
 
 
 def test_entry_point_help_and_usage_errors():
