@@ -19,27 +19,45 @@ import yaml
 from spatialflow.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d")
 
 
 @dataclass
 class FlowConfig:
-    """The spatial information flows of eq (3); each can be switched off on its own."""
-    reg_to_cls: bool = True
+    """The spatial information flows of eq (3); each can be switched off on its own.
+
+    ``source = "cls"`` is the control experiment of the paper's Fig. 4: the flows then carry
+    the cls tower's features (to the reg, stuff and thing towers) instead of the reg tower's.
+    """
+    reg_to_cls: bool = True  # between the two detection towers (cls -> reg when source=cls)
     reg_to_stuff: bool = True
     reg_to_thing: bool = True
     stuff_to_thing: bool = True  # the semantic flow (zeta)
+    source: str = "reg"  # "reg" (spatial flows) or "cls" (the cls-flows control of Fig. 4)
 
 
 @dataclass
 class ModelConfig:
     """Network architecture (paper Section III)."""
-    backbone: str = "resnet50"
+    backbone: str = "resnet50"  # resnet18/34/50/101, resnext101_32x8d
     pretrained: Optional[str] = None  # local path to backbone weights; never downloaded
+    backbone_norm: str = "frozen_bn"  # "frozen_bn" (paper), "bn" or "gn" (training from scratch)
+    freeze_stem: bool = False  # freeze conv1 (useful with pretrained weights)
     fpn_channels: int = 256
     subnets: bool = True  # false: the naive baseline of III-A (heads directly on P3-P5)
-    dcn: bool = False  # eq (4)
-    stuff_loss_weight: float = 0.25  # lambda of eq (6)
+    cls_stages: int = 4
+    reg_stages: int = 4
+    stuff_stages: int = 4  # Table VIII
+    thing_stages: int = 1  # Table VII
+    tower_norm: bool = False  # GroupNorm after each tower conv
+    dcn: bool = False  # eq (4): modulated deformable convs in the cls, stuff and thing towers
+    dcn_towers: List[str] = field(default_factory=lambda: ["cls", "stuff", "thing"])
     flows: FlowConfig = field(default_factory=FlowConfig)
+    anchor_sizes: List[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])  # P3-P7
+    box_loss: str = "l1"  # "l1" (the authors') or "giou"
+    stuff_head_channels: int = 128
+    mask_head_channels: Optional[int] = None  # None: fpn_channels
+    stuff_loss_weight: float = 0.25  # lambda of eq (6)
 
 
 @dataclass
@@ -190,6 +208,18 @@ def _check(cfg: Config) -> Config:
     need(i.stuff_area >= 0, "infer.stuff_area", "must be >= 0")
     need(i.detections_per_img >= 1, "infer.detections_per_img", "must be >= 1")
     need(m.fpn_channels >= 1, "model.fpn_channels", "must be >= 1")
+    need(m.backbone in BACKBONES, "model.backbone", f"must be one of {', '.join(BACKBONES)}")
+    need(m.backbone_norm in ("frozen_bn", "bn", "gn"), "model.backbone_norm",
+         "must be 'frozen_bn', 'bn' or 'gn'")
+    for k in ("cls_stages", "reg_stages", "stuff_stages", "thing_stages"):
+        need(getattr(m, k) >= 1, f"model.{k}", f"must be >= 1, got {getattr(m, k)}")
+    need(set(m.dcn_towers) <= {"cls", "stuff", "thing"}, "model.dcn_towers",
+         "may hold 'cls', 'stuff', 'thing'")
+    need(m.flows.source in ("reg", "cls"), "model.flows.source", "must be 'reg' or 'cls'")
+    need(len(m.anchor_sizes) == 5 and min(m.anchor_sizes) > 0, "model.anchor_sizes",
+         "needs 5 positive sizes (P3-P7)")
+    need(m.box_loss in ("l1", "giou"), "model.box_loss", "must be 'l1' or 'giou'")
+    need(m.stuff_head_channels >= 4, "model.stuff_head_channels", "must be >= 4")
     need(m.stuff_loss_weight >= 0, "model.stuff_loss_weight", "must be >= 0")
     need(d.min_size and all(s > 0 for s in d.min_size), "data.min_size", "must be positive sizes")
     need(d.size_sample in ("choice", "range"), "data.size_sample", "must be 'choice' or 'range'")

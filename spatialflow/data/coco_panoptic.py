@@ -26,6 +26,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.models.detection.image_list import ImageList
 
 from spatialflow.data.categories import IGNORE_INDEX, CategoryMap
@@ -313,32 +314,40 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
         raise DatasetError(f"{root}: no panoptic JSON for split '{split}' (looked for {tried})")
 
 
-def collate_panoptic(batch: Sequence, size_divisibility: int = 128):
-    """Batch ``(image, target)`` pairs: images zero-padded bottom/right to a common size
-    divisible by ``size_divisibility`` (128 = the stride of P7) as a torchvision ``ImageList``
-    (``image_sizes`` = the unpadded sizes); masks padded with 0 and ``sem_seg`` with 255, so
-    padding is never trained as a class."""
-    images, targets = zip(*batch)
+def batch_images(images: Sequence[torch.Tensor], size_divisibility: int = 128) -> ImageList:
+    """Zero-pad ``[3,H,W]`` images bottom/right to one size divisible by ``size_divisibility``
+    (128 = the stride of P7) and stack them as a torchvision ``ImageList`` whose
+    ``image_sizes`` are the unpadded sizes."""
     max_h = max(int(im.shape[-2]) for im in images)
     max_w = max(int(im.shape[-1]) for im in images)
     ph, pw = pad_to_divisible(max_h, max_w, size_divisibility)
     tensor = images[0].new_zeros((len(images), images[0].shape[0], ph, pw))
-    out = []
-    for i, (im, t) in enumerate(zip(images, targets)):
-        h, w = im.shape[-2:]
-        tensor[i, :, :h, :w] = im
-        t = dict(t)
-        sem = torch.full((ph, pw), IGNORE_INDEX, dtype=t["sem_seg"].dtype)
-        sem[:h, :w] = t["sem_seg"]
-        t["sem_seg"] = sem
-        for prefix in ("", "crowd_"):
-            m = t[prefix + "masks"]
-            padded = m.new_zeros((m.shape[0], ph, pw))
-            padded[:, :h, :w] = m
-            t[prefix + "masks"] = padded
-        out.append(t)
-    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-    return ImageList(tensor, sizes), out
+    for i, im in enumerate(images):
+        tensor[i, :, :im.shape[-2], :im.shape[-1]] = im
+    return ImageList(tensor, [(int(im.shape[-2]), int(im.shape[-1])) for im in images])
+
+
+def pad_target(target: dict, height: int, width: int) -> dict:
+    """A copy of ``target`` with masks padded by 0 and ``sem_seg`` by 255 to ``(height, width)``,
+    so padding is never trained as a class."""
+    t = dict(target)
+    h, w = t["sem_seg"].shape[-2:]
+    if (h, w) == (height, width):
+        return t
+    t["sem_seg"] = F.pad(t["sem_seg"], (0, width - w, 0, height - h), value=IGNORE_INDEX)
+    for key in ("masks", "crowd_masks"):
+        if key in t:
+            t[key] = F.pad(t[key], (0, width - w, 0, height - h), value=0)
+    return t
+
+
+def collate_panoptic(batch: Sequence, size_divisibility: int = 128):
+    """Batch ``(image, target)`` pairs for the model: images as :func:`batch_images`, targets
+    padded alike (:func:`pad_target`)."""
+    images, targets = zip(*batch)
+    image_list = batch_images(images, size_divisibility)
+    ph, pw = image_list.tensors.shape[-2:]
+    return image_list, [pad_target(t, ph, pw) for t in targets]
 
 
 def count_skipped(targets: Sequence[dict]) -> int:
@@ -347,4 +356,5 @@ def count_skipped(targets: Sequence[dict]) -> int:
 
 
 __all__ = ["CocoPanopticDataset", "DatasetError", "collate_panoptic", "count_skipped",
+           "batch_images", "pad_target",
            "panoptic_to_target", "target_to_panoptic", "INSTANCE_FIELDS"]

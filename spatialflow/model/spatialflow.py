@@ -1,0 +1,200 @@
+"""SpatialFlow: RetinaNet with thing and stuff sub-networks, spatial flows and two more heads.
+
+``model(images, targets)`` in training returns the losses of eq (6); in eval mode it returns,
+per image, the raw outputs the panoptic merge needs (boxes, scores, contiguous labels, mask
+probabilities pasted at the image size and the stuff probability map at the image size).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.retinanet import RetinaNet
+from torchvision.models.detection.roi_heads import (maskrcnn_inference, maskrcnn_loss,
+                                                    paste_masks_in_image)
+from torchvision.ops import box_iou
+
+from spatialflow.config import Config, ModelConfig
+from spatialflow.data.categories import IGNORE_INDEX, CategoryMap
+from spatialflow.data.coco_panoptic import batch_images, pad_target
+from spatialflow.model.backbone import build_backbone
+from spatialflow.model.heads import StuffHead, ThingHead, detection_head
+from spatialflow.model.subnets import SubNetworks
+
+ImageInput = Union[ImageList, torch.Tensor, Sequence[torch.Tensor]]
+
+
+def anchor_generator(sizes: Sequence[int]) -> AnchorGenerator:
+    """RetinaNet anchors: 3 octave scales x 3 aspect ratios per level, base ``sizes`` on P3-P7."""
+    scales = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in sizes)
+    return AnchorGenerator(scales, ((0.5, 1.0, 2.0),) * len(sizes))
+
+
+def stuff_loss(logits: torch.Tensor, sem_seg: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over each image's valid pixels (255 ignored), averaged over images."""
+    per_pixel = F.cross_entropy(logits, sem_seg, ignore_index=IGNORE_INDEX, reduction="none")
+    valid = (sem_seg != IGNORE_INDEX).flatten(1).sum(1).clamp(min=1)
+    return (per_pixel.flatten(1).sum(1) / valid).mean()
+
+
+class SpatialFlow(RetinaNet):
+    """The SpatialFlow network (paper Fig. 2): backbone + FPN, four sub-networks with spatial
+    flows (:class:`SubNetworks`), RetinaNet's cls / reg heads, a Mask R-CNN thing head and a
+    Panoptic FPN stuff head.
+
+    Inherits RetinaNet's anchor matching (IoU 0.5 / 0.4), focal + box losses and detection
+    post-processing (score > ``score_thresh``, per-class NMS, top ``detections_per_img``).
+
+    Args:
+        backbone: ``BackboneWithFPN`` giving ``p3..p7``.
+        subnets: the :class:`SubNetworks`.
+        num_things: thing classes (contiguous ids ``0..T-1``).
+        num_sem_classes: stuff classes + 1 ('other').
+        stuff_loss_weight: lambda of eq (6).
+        size_divisibility: images are padded to a multiple of this (128 = stride of P7).
+    """
+
+    def __init__(self, backbone: nn.Module, subnets: SubNetworks, num_things: int,
+                 num_sem_classes: int, anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
+                 box_loss: str = "l1", stuff_loss_weight: float = 0.25,
+                 stuff_head_channels: int = 128, mask_head_channels: Optional[int] = None,
+                 score_thresh: float = 0.05, nms_thresh: float = 0.4,
+                 detections_per_img: int = 100, topk_candidates: int = 1000,
+                 size_divisibility: int = 128,
+                 image_mean: Sequence[float] = (0.485, 0.456, 0.406),
+                 image_std: Sequence[float] = (0.229, 0.224, 0.225)):
+        channels = backbone.out_channels
+        anchors = anchor_generator(anchor_sizes)
+        head = detection_head(channels, anchors.num_anchors_per_location()[0], num_things,
+                              box_loss)
+        super().__init__(backbone, num_things, anchor_generator=anchors, head=head,
+                         score_thresh=score_thresh, nms_thresh=nms_thresh,
+                         detections_per_img=detections_per_img, fg_iou_thresh=0.5,
+                         bg_iou_thresh=0.4, topk_candidates=topk_candidates)
+        del self.transform  # images arrive resized and batched (spatialflow.data)
+        self.subnets = subnets
+        self.thing_head = ThingHead(channels, num_things, mask_head_channels or channels)
+        self.stuff_head = StuffHead(channels, num_sem_classes, stuff_head_channels)
+        # thing-head training RoIs: a detection is a positive when IoU >= 0.5 with a GT box
+        self.mask_roi_matcher = det_utils.Matcher(0.5, 0.5, allow_low_quality_matches=False)
+        self.stuff_loss_weight = stuff_loss_weight
+        self.size_divisibility = size_divisibility
+        self.num_things, self.num_sem_classes = num_things, num_sem_classes
+        self.register_buffer("image_mean", torch.tensor(image_mean).view(1, 3, 1, 1), False)
+        self.register_buffer("image_std", torch.tensor(image_std).view(1, 3, 1, 1), False)
+
+    # ----------------------------------------------------------------------------------------
+    def _image_list(self, images: ImageInput) -> ImageList:
+        if isinstance(images, ImageList):
+            return images
+        if isinstance(images, torch.Tensor) and images.dim() == 3:
+            images = [images]
+        return batch_images(list(images), self.size_divisibility)
+
+    def normalize(self, images: ImageList) -> torch.Tensor:
+        """ImageNet mean/std normalisation; the padding stays 0."""
+        x = (images.tensors - self.image_mean) / self.image_std
+        for i, (h, w) in enumerate(images.image_sizes):
+            x[i, :, h:, :] = 0
+            x[i, :, :, w:] = 0
+        return x
+
+    def features(self, images: ImageInput):
+        """``(ImageList, FPN features [P3..P7], sub-network outputs)``."""
+        images = self._image_list(images)
+        feats = list(self.backbone(self.normalize(images)).values())
+        return images, feats, self.subnets(feats)
+
+    def detect(self, head_outputs, anchors, features, image_sizes) -> List[Dict[str, torch.Tensor]]:
+        """Decode boxes: RetinaNet's post-processing on outputs split per level."""
+        per_level = [f.shape[-2] * f.shape[-1] * self.anchor_generator.num_anchors_per_location()[0]
+                     for f in features]
+        split = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
+        split_anchors = [list(a.split(per_level)) for a in anchors]
+        return self.postprocess_detections(split, split_anchors, image_sizes)
+
+    def mask_rois(self, detections, targets):
+        """Thing-head training RoIs: this step's detections (no gradient) plus the GT boxes;
+        the positives (IoU >= 0.5) with the index of their GT instance."""
+        rois, matched = [], []
+        for det, t in zip(detections, targets):
+            gt = t["boxes"]
+            if gt.numel() == 0:
+                rois.append(gt.new_zeros((0, 4)))
+                matched.append(torch.zeros(0, dtype=torch.int64, device=gt.device))
+                continue
+            boxes = torch.cat([det["boxes"].detach(), gt])
+            idx = self.mask_roi_matcher(box_iou(gt, boxes))
+            keep = idx >= 0
+            rois.append(boxes[keep])
+            matched.append(idx[keep])
+        return rois, matched
+
+    # ----------------------------------------------------------------------------------------
+    def forward(self, images: ImageInput, targets: Optional[List[Dict]] = None):
+        """Training: ``{"loss_cls", "loss_reg", "loss_thing", "loss_stuff"}`` whose sum is the
+        L of eq (6) (``loss_stuff`` already carries lambda). Eval: one dict per image with
+        ``boxes`` (xyxy, input-image pixels), ``scores``, ``labels`` (contiguous thing ids),
+        ``masks`` (``float[K,1,H,W]`` probabilities) and ``sem_probs`` (``float[S+1,H,W]``)."""
+        if self.training and targets is None:
+            raise ValueError("targets are needed in training mode")
+        images, feats, towers = self.features(images)
+        head_outputs = {"cls_logits": self.head.classification_head(towers["cls"]),
+                        "bbox_regression": self.head.regression_head(towers["reg"])}
+        anchors = self.anchor_generator(images, feats)
+        stuff_logits = self.stuff_head(towers["stuff"])
+        sizes = images.image_sizes
+        if self.training:
+            ph, pw = images.tensors.shape[-2:]
+            targets = [pad_target(t, ph, pw) for t in targets]
+            det_losses = self.compute_loss(targets, head_outputs, anchors)
+            with torch.no_grad():
+                detached = {k: v.detach() for k, v in head_outputs.items()}
+                detections = self.detect(detached, anchors, feats, sizes)
+            rois, matched = self.mask_rois(detections, targets)
+            mask_logits = self.thing_head(towers["thing"], rois, sizes)
+            loss_thing = maskrcnn_loss(mask_logits, rois, [t["masks"] for t in targets],
+                                       [t["labels"] for t in targets], matched)
+            sem = torch.stack([t["sem_seg"] for t in targets])
+            # eq (6): L = L_cls + L_reg + L_thing + lambda * L_stuff
+            return {"loss_cls": det_losses["classification"],
+                    "loss_reg": det_losses["bbox_regression"],
+                    "loss_thing": loss_thing,
+                    "loss_stuff": self.stuff_loss_weight * stuff_loss(stuff_logits, sem)}
+
+        detections = self.detect(head_outputs, anchors, feats, sizes)
+        mask_logits = self.thing_head(towers["thing"], [d["boxes"] for d in detections], sizes)
+        mask_probs = maskrcnn_inference(mask_logits, [d["labels"] for d in detections])
+        sem_probs = stuff_logits.softmax(dim=1)
+        for i, (det, probs, (h, w)) in enumerate(zip(detections, mask_probs, sizes)):
+            det["masks"] = paste_masks_in_image(probs, det["boxes"], (h, w), padding=1)
+            det["sem_probs"] = sem_probs[i, :, :h, :w]
+        return detections
+
+
+def build_model(config: Union[Config, ModelConfig], categories: CategoryMap,
+                infer=None) -> SpatialFlow:
+    """A :class:`SpatialFlow` for ``categories`` from a :class:`Config` (or its ``model`` part
+    plus an optional ``infer`` part for the detection thresholds)."""
+    if isinstance(config, Config):
+        config, infer = config.model, config.infer
+    m = config
+    backbone = build_backbone(m.backbone, m.fpn_channels, m.backbone_norm, m.pretrained,
+                              m.freeze_stem)
+    subnets = SubNetworks(m.fpn_channels, m.flows, m.subnets, m.cls_stages, m.reg_stages,
+                          m.stuff_stages, m.thing_stages, m.tower_norm, m.dcn, m.dcn_towers)
+    kwargs = {}
+    if infer is not None:
+        kwargs = dict(score_thresh=infer.score_thresh, nms_thresh=infer.nms_thresh,
+                      detections_per_img=infer.detections_per_img)
+    return SpatialFlow(backbone, subnets, categories.num_things, categories.num_sem_classes,
+                       anchor_sizes=m.anchor_sizes, box_loss=m.box_loss,
+                       stuff_loss_weight=m.stuff_loss_weight,
+                       stuff_head_channels=m.stuff_head_channels,
+                       mask_head_channels=m.mask_head_channels, **kwargs)
