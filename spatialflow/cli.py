@@ -27,7 +27,15 @@ def _version(dist: str) -> str:
 
 
 def cmd_info(args) -> int:
-    """Print versions, the compute device and the presets."""
+    """Print versions, the compute device and the presets; with ``--model PRESET`` the
+    parameters and GFLOPs of each part of that model instead."""
+    if getattr(args, "model", None) is not None:
+        from spatialflow.model.summary import describe_preset
+
+        if args.size < 32:
+            raise InputError("--size must be >= 32")
+        print(describe_preset(args.model, args.size, args.set))
+        return 0
     import torch
 
     from spatialflow import __version__
@@ -118,7 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    q = sub.add_parser("info", help="versions, device and presets")
+    q = sub.add_parser("info", help="versions, device and presets; with --model, the size "
+                                    "and FLOPs of a model")
+    q.add_argument("--model", default=None, metavar="PRESET",
+                   help="print parameters and GFLOPs per part of this preset's model "
+                        "(or a YAML file) instead")
+    q.add_argument("--size", type=int, default=800,
+                   help="with --model: the input is one SIZE x SIZE image (default 800)")
+    q.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="with --model: config overrides, e.g. model.subnets=false")
     q.set_defaults(func=cmd_info)
 
     q = sub.add_parser("make-data", help="write a data set in COCO panoptic format")
