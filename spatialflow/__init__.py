@@ -16,6 +16,8 @@ _EXPORTS = {
     "collate_panoptic": "spatialflow.data.coco_panoptic",
     "CategoryMap": "spatialflow.data.categories",
     "make_synthetic": "spatialflow.data.synthetic",
+    "build_model": "spatialflow.model.spatialflow",
+    "SpatialFlow": "spatialflow.model.spatialflow",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
