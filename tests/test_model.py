@@ -262,3 +262,18 @@ def test_overfits_two_synthetic_images(tmp_path):
         iou = box_iou(t["boxes"], o["boxes"])
         same = t["labels"][:, None] == o["labels"][None, :]
         assert ((iou > 0.5) & same).any(dim=1).all(), (iou.max(1), o["labels"], t["labels"])
+
+
+def test_outputs_at_another_size():
+    model = tiny().eval()
+    model.score_thresh = 0.0
+    image = torch.rand(3, 96, 128)
+    with torch.no_grad():
+        small = model([image])[0]
+        big = model([image], output_sizes=[(192, 256)])[0]
+    assert big["masks"].shape[-2:] == (192, 256) and big["sem_probs"].shape == (S1, 192, 256)
+    assert torch.allclose(big["boxes"], small["boxes"] * 2)
+    assert torch.equal(big["labels"], small["labels"])
+    # bilinear upsampling of the stuff logits agrees with the small map where it is confident
+    down = torch.nn.functional.avg_pool2d(big["sem_probs"][None], 2)[0]
+    assert (down.argmax(0) == small["sem_probs"].argmax(0)).float().mean() > 0.95

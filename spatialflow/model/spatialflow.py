@@ -18,6 +18,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNet
 from torchvision.models.detection.roi_heads import (maskrcnn_inference, maskrcnn_loss,
                                                     paste_masks_in_image)
+from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import box_iou
 
 from spatialflow.config import Config, ModelConfig
@@ -137,11 +138,14 @@ class SpatialFlow(RetinaNet):
         return rois, matched
 
     # ----------------------------------------------------------------------------------------
-    def forward(self, images: ImageInput, targets: Optional[List[Dict]] = None):
+    def forward(self, images: ImageInput, targets: Optional[List[Dict]] = None,
+                output_sizes: Optional[Sequence[Sequence[int]]] = None):
         """Training: ``{"loss_cls", "loss_reg", "loss_thing", "loss_stuff"}`` whose sum is the
         L of eq (6) (``loss_stuff`` already carries lambda). Eval: one dict per image with
-        ``boxes`` (xyxy, input-image pixels), ``scores``, ``labels`` (contiguous thing ids),
-        ``masks`` (``float[K,1,H,W]`` probabilities) and ``sem_probs`` (``float[S+1,H,W]``)."""
+        ``boxes`` (xyxy), ``scores``, ``labels`` (contiguous thing ids), ``masks``
+        (``float[K,1,H,W]`` probabilities) and ``sem_probs`` (``float[S+1,H,W]``), in the pixels
+        of the input image, or of ``output_sizes[i] = (H, W)`` when given (e.g. the original
+        size of a resized image: boxes are scaled and masks pasted at that size)."""
         if self.training and targets is None:
             raise ValueError("targets are needed in training mode")
         images, feats, towers = self.features(images)
@@ -171,10 +175,16 @@ class SpatialFlow(RetinaNet):
         detections = self.detect(head_outputs, anchors, feats, sizes)
         mask_logits = self.thing_head(towers["thing"], [d["boxes"] for d in detections], sizes)
         mask_probs = maskrcnn_inference(mask_logits, [d["labels"] for d in detections])
-        sem_probs = stuff_logits.softmax(dim=1)
         for i, (det, probs, (h, w)) in enumerate(zip(detections, mask_probs, sizes)):
+            logits = stuff_logits[i:i + 1, :, :h, :w]
+            if output_sizes is not None and tuple(output_sizes[i]) != (h, w):
+                oh, ow = (int(v) for v in output_sizes[i])
+                det["boxes"] = resize_boxes(det["boxes"], (h, w), (oh, ow))
+                logits = F.interpolate(logits, size=(oh, ow), mode="bilinear",
+                                       align_corners=False)
+                h, w = oh, ow
             det["masks"] = paste_masks_in_image(probs, det["boxes"], (h, w), padding=1)
-            det["sem_probs"] = sem_probs[i, :, :h, :w]
+            det["sem_probs"] = logits[0].softmax(dim=0)
         return detections
 
 
