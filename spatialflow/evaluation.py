@@ -1,0 +1,175 @@
+"""Evaluation with the official tools: PQ / SQ / RQ (All, Things, Stuff, per class) with
+panopticapi's ``pq_compute``, and box AP of the detector with pycocotools' ``COCOeval``
+(paper Table XII). Results go to a dict, a printed table and ``metrics.json``:
+
+``{"panoptic": <pq_compute's result, unchanged>, "bbox": {"AP", "AP50", "AP75", "APs", "APm",
+"APl"}}`` with values as the tools return them (fractions in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from spatialflow.data.categories import CategoryMap
+from spatialflow.data.panoptic_io import write_panoptic_png
+
+BOX_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _quiet(fn, *args, **kwargs):
+    """Call one of the official tools with its console chatter captured."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fn(*args, **kwargs)
+
+
+def pq(gt_json, gt_dir, pred_json, pred_dir) -> dict:
+    """panopticapi's ``pq_compute`` result (``All``, ``Things``, ``Stuff`` with ``pq``, ``sq``,
+    ``rq``, ``n``, and ``per_class``)."""
+    from panopticapi.evaluation import pq_compute
+
+    return _quiet(pq_compute, str(gt_json), str(pred_json), str(gt_dir), str(pred_dir))
+
+
+def gt_boxes_from_panoptic(panoptic: dict, categories: CategoryMap,
+                           image_ids: Optional[Sequence] = None) -> dict:
+    """A COCO detection ground truth (things only) made from panoptic ``segments_info``
+    (``bbox``, ``area``, ``iscrowd``), for data sets without an instances JSON."""
+    keep = None if image_ids is None else set(image_ids)
+    anns = []
+    for ann in panoptic["annotations"]:
+        if keep is not None and ann["image_id"] not in keep:
+            continue
+        for s in ann["segments_info"]:
+            if categories.is_thing(s["category_id"]):
+                x, y, w, h = s["bbox"]
+                anns.append({"id": len(anns) + 1, "image_id": ann["image_id"],
+                             "category_id": s["category_id"], "bbox": [x, y, w, h],
+                             "area": s.get("area", w * h), "iscrowd": s.get("iscrowd", 0)})
+    images = [im for im in panoptic["images"] if keep is None or im["id"] in keep]
+    return {"images": images, "annotations": anns, "categories": categories.thing_categories()}
+
+
+def box_ap(gt: dict, detections: List[dict], image_ids: Optional[Sequence] = None) -> Dict[str, float]:
+    """pycocotools ``COCOeval`` (bbox) of ``detections`` (COCO results: ``image_id``,
+    ``category_id``, ``bbox`` xywh, ``score``) against the COCO detection dict ``gt``."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not detections:  # pycocotools cannot load an empty result list; nothing detected = 0 AP
+        return {k: 0.0 for k in BOX_KEYS}
+    coco_gt = COCO()
+    coco_gt.dataset = gt
+    _quiet(coco_gt.createIndex)
+    coco_dt = _quiet(coco_gt.loadRes, detections)
+    ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+    if image_ids is not None:
+        ev.params.imgIds = list(image_ids)
+    _quiet(ev.evaluate)
+    _quiet(ev.accumulate)
+    _quiet(ev.summarize)
+    return {k: float(v) for k, v in zip(BOX_KEYS, ev.stats[:6])}
+
+
+class PanopticEvaluator:
+    """Collects predictions of a data set, writes them in COCO panoptic format under
+    ``out_dir`` (``panoptic_pred/*.png`` + ``panoptic_pred.json``) and scores them.
+
+    Args:
+        dataset: the :class:`~spatialflow.data.CocoPanopticDataset` predicted on (its JSON and
+            PNG folder are the ground truth).
+        out_dir: where predictions and ``metrics.json`` go.
+        instances_json: optional COCO instances JSON for box AP; by default the boxes of the
+            panoptic ground truth are used.
+    """
+
+    def __init__(self, dataset, out_dir, instances_json=None):
+        self.dataset, self.out_dir = dataset, Path(out_dir)
+        self.pred_dir = self.out_dir / "panoptic_pred"
+        self.pred_dir.mkdir(parents=True, exist_ok=True)
+        self.instances_json = instances_json
+        self.annotations: List[dict] = []
+        self.detections: List[dict] = []
+
+    def add(self, record: dict, output: dict, pan: np.ndarray, segments: List[dict]) -> None:
+        """One image: its dataset record, the model output at the original size, and the
+        merged panoptic result."""
+        cats = self.dataset.categories
+        png = Path(record["png_path"]).name
+        write_panoptic_png(self.pred_dir / png, pan)
+        self.annotations.append({"image_id": record["image_id"], "file_name": png,
+                                 "segments_info": segments})
+        for box, score, label in zip(output["boxes"].tolist(), output["scores"].tolist(),
+                                     output["labels"].tolist()):
+            x0, y0, x1, y1 = box
+            self.detections.append({"image_id": record["image_id"],
+                                    "category_id": cats.thing_id(int(label)),
+                                    "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)})
+
+    def compute(self) -> dict:
+        """Write the prediction JSON, run ``pq_compute`` and ``COCOeval``, write
+        ``metrics.json``; return the metrics dict."""
+        gt = json.loads(Path(self.dataset.panoptic_json).read_text())
+        ids = {a["image_id"] for a in self.annotations}
+        gt_json = Path(self.dataset.panoptic_json)
+        if ids != {a["image_id"] for a in gt["annotations"]}:  # a subset: its own GT file
+            gt_sub = dict(gt, images=[i for i in gt["images"] if i["id"] in ids],
+                          annotations=[a for a in gt["annotations"] if a["image_id"] in ids])
+            gt_json = self.out_dir / "panoptic_gt_subset.json"
+            gt_json.write_text(json.dumps(gt_sub))
+        pred_json = self.out_dir / "panoptic_pred.json"
+        pred_json.write_text(json.dumps({"annotations": self.annotations,
+                                         "categories": self.dataset.categories.to_coco()}))
+        panoptic = pq(gt_json, self.dataset.panoptic_dir, pred_json, self.pred_dir)
+        if self.instances_json is not None:
+            det_gt = json.loads(Path(self.instances_json).read_text())
+        else:
+            det_gt = gt_boxes_from_panoptic(gt, self.dataset.categories, ids)
+        metrics = {"panoptic": panoptic, "bbox": box_ap(det_gt, self.detections, sorted(ids))}
+        (self.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        return metrics
+
+
+def format_metrics(metrics: dict, categories: Optional[CategoryMap] = None,
+                   per_class: bool = False) -> str:
+    """The metrics as a text table: PQ / SQ / RQ (x100) for All, Things, Stuff, box AP, and
+    optionally one row per class."""
+    p = metrics["panoptic"]
+    lines = [f"{'':10s} {'PQ':>6s} {'SQ':>6s} {'RQ':>6s} {'N':>4s}"]
+    for key in ("All", "Things", "Stuff"):
+        r = p[key]
+        lines.append(f"{key:10s} {100 * r['pq']:6.1f} {100 * r['sq']:6.1f} {100 * r['rq']:6.1f} "
+                     f"{r['n']:4d}")
+    b = metrics.get("bbox")
+    if b:
+        lines.append("box AP: " + "  ".join(f"{k} {100 * b[k]:.1f}" for k in BOX_KEYS))
+    if per_class and categories is not None:
+        lines.append(f"{'class':16s} {'PQ':>6s} {'SQ':>6s} {'RQ':>6s}")
+        for cid, r in sorted(p["per_class"].items(), key=lambda kv: int(kv[0])):
+            name = categories.name(int(cid)) if int(cid) in categories else str(cid)
+            lines.append(f"{name[:16]:16s} {100 * r['pq']:6.1f} {100 * r['sq']:6.1f} "
+                         f"{100 * r['rq']:6.1f}")
+    return "\n".join(lines)
+
+
+def evaluate(model, dataset, out_dir, infer=None, test_size: int = 800,
+             max_size: Optional[int] = 1333, device: str = "cpu", max_images: Optional[int] = None,
+             instances_json=None, progress: bool = True) -> dict:
+    """Predict every image of ``dataset`` (or the first ``max_images``), merge with the
+    ``infer`` thresholds, and score with panopticapi and pycocotools; writes predictions and
+    ``metrics.json`` into ``out_dir`` and returns the metrics."""
+    from spatialflow.config import InferConfig
+    from spatialflow.engine.predict import predict_dataset
+
+    infer = infer or InferConfig()
+    evaluator = PanopticEvaluator(dataset, out_dir, instances_json)
+    n = len(dataset) if max_images is None else min(max_images, len(dataset))
+    for _, rec, out, pan, segments in predict_dataset(model, dataset, infer, test_size, max_size,
+                                                      device, range(n), progress):
+        evaluator.add(rec, out, pan, segments)
+    return evaluator.compute()
