@@ -105,6 +105,40 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    """Train a model into a run folder (works under ``torchrun`` for several processes)."""
+    from spatialflow.config import load_config
+    from spatialflow.engine.train import train
+
+    cfg = None if args.resume else load_config(args.config or args.preset, args.set)
+    train(cfg, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """PQ / SQ / RQ and box AP of a trained run or checkpoint on a data split."""
+    from spatialflow.data.coco_panoptic import CocoPanopticDataset
+    from spatialflow.engine.train import load_run, prepare_data
+    from spatialflow.evaluation import evaluate, format_metrics
+
+    cfg, model, categories = load_run(args.run)
+    run = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    root = Path(args.data) if args.data else prepare_data(cfg, run)
+    ds = CocoPanopticDataset.from_root(root, args.split or cfg.data.val_split,
+                                       on_error=cfg.data.on_error)
+    if (ds.categories.thing_ids, ds.categories.stuff_ids) != (categories.thing_ids,
+                                                              categories.stuff_ids):
+        raise InputError(f"{ds.panoptic_json}: its categories (things {ds.categories.thing_ids},"
+                         f" stuff {ds.categories.stuff_ids}) are not those the model was trained "
+                         f"on (things {categories.thing_ids}, stuff {categories.stuff_ids})")
+    out = Path(args.out) if args.out else run / "eval" / "final"
+    metrics = evaluate(model, ds, out, cfg.infer, cfg.data.test_size, cfg.data.max_size,
+                       max_images=args.max_images, progress=not args.quiet)
+    print(format_metrics(metrics, ds.categories, per_class=args.per_class))
+    print(f"metrics written to {out / 'metrics.json'}")
+    return 0
+
+
 def _self_pq(panoptic_json: Path, panoptic_dir: Path) -> dict:
     """panopticapi's PQ of a ground truth against itself (100 for valid data), its chatter
     silenced."""
@@ -147,6 +181,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_make_data)
+
+    q = sub.add_parser("train", help="train a model into a run folder (torchrun for DDP)")
+    q.add_argument("--preset", default="tiny-cpu", help="preset name (default tiny-cpu)")
+    q.add_argument("--config", default=None, help="YAML config file (may name a preset)")
+    q.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. train.max_iters=500 model.flows.reg_to_cls=false")
+    q.add_argument("--out", required=True, help="run folder")
+    q.add_argument("--resume", action="store_true", help="continue the run in --out")
+    q.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("evaluate", help="PQ and box AP of a run or checkpoint")
+    q.add_argument("run", help="run folder or checkpoint file")
+    q.add_argument("--data", default=None, help="data folder (default: the run's)")
+    q.add_argument("--split", default=None, help="split (default: data.val_split)")
+    q.add_argument("--out", default=None, help="output folder (default RUN/eval/final)")
+    q.add_argument("--max-images", type=int, default=None, help="only the first N images")
+    q.add_argument("--per-class", action="store_true", help="print PQ per class")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.set_defaults(func=cmd_evaluate)
 
     q = sub.add_parser("demo", help="the CPU demo on the built-in synthetic data")
     q.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

@@ -30,10 +30,32 @@ def _quiet(fn, *args, **kwargs):
 
 def pq(gt_json, gt_dir, pred_json, pred_dir) -> dict:
     """panopticapi's ``pq_compute`` result (``All``, ``Things``, ``Stuff`` with ``pq``, ``sq``,
-    ``rq``, ``n``, and ``per_class``)."""
-    from panopticapi.evaluation import pq_compute
+    ``rq``, ``n``, and ``per_class``).
 
-    return _quiet(pq_compute, str(gt_json), str(pred_json), str(gt_dir), str(pred_dir))
+    ``pq_compute`` divides by zero when a group has no class at all in ground truth and
+    prediction (e.g. no thing anywhere in a small split); that group is then reported as
+    ``{"pq": 0, "sq": 0, "rq": 0, "n": 0}`` from panopticapi's own per-class statistics.
+    """
+    from panopticapi.evaluation import pq_compute, pq_compute_multi_core
+
+    try:
+        return _quiet(pq_compute, str(gt_json), str(pred_json), str(gt_dir), str(pred_dir))
+    except ZeroDivisionError:
+        pass
+    gt, pred = json.loads(Path(gt_json).read_text()), json.loads(Path(pred_json).read_text())
+    categories = {c["id"]: c for c in gt["categories"]}
+    by_image = {a["image_id"]: a for a in pred["annotations"]}
+    matched = [(a, by_image[a["image_id"]]) for a in gt["annotations"]]
+    stat = _quiet(pq_compute_multi_core, matched, str(gt_dir), str(pred_dir), categories)
+    results = {}
+    for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
+        try:
+            results[name], per_class = stat.pq_average(categories, isthing=isthing)
+        except ZeroDivisionError:
+            results[name], per_class = {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0}, {}
+        if name == "All":
+            results["per_class"] = per_class
+    return results
 
 
 def gt_boxes_from_panoptic(panoptic: dict, categories: CategoryMap,

@@ -75,3 +75,23 @@ def test_box_ap_of_gt_against_itself(synth):
             for a in det_gt["annotations"] if not a["iscrowd"]]
     assert box_ap(det_gt, dets)["AP"] == pytest.approx(1.0)
     assert box_ap(det_gt, [])["AP"] == 0.0
+
+
+def test_pq_with_an_empty_group(tmp_path):
+    """panopticapi's pq_compute divides by zero when no thing exists anywhere: reported as n=0."""
+    from spatialflow.data.coco_panoptic import CocoPanopticDataset
+    from spatialflow.evaluation import pq
+    import numpy as np
+    from conftest import write_tiny_dataset
+    from spatialflow.data.panoptic_io import write_panoptic_png
+
+    img_dir, js, png_dir = write_tiny_dataset(tmp_path, n=1)
+    data = json.loads(js.read_text())
+    pan = np.full((40, 48), 1100, np.int64)                          # only wall
+    write_panoptic_png(png_dir / "0000.png", pan)
+    data["annotations"][0]["segments_info"] = [{"id": 1100, "category_id": 11, "iscrowd": 0,
+                                                "area": 40 * 48, "bbox": [0, 0, 48, 40]}]
+    js.write_text(json.dumps(data))
+    res = pq(js, png_dir, js, png_dir)
+    assert res["Things"] == {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0}
+    assert res["Stuff"]["pq"] == pytest.approx(1.0) and res["All"]["n"] == 1

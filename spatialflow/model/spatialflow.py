@@ -163,8 +163,12 @@ class SpatialFlow(RetinaNet):
                 detections = self.detect(detached, anchors, feats, sizes)
             rois, matched = self.mask_rois(detections, targets)
             mask_logits = self.thing_head(towers["thing"], rois, sizes)
-            loss_thing = maskrcnn_loss(mask_logits, rois, [t["masks"] for t in targets],
-                                       [t["labels"] for t in targets], matched)
+            # Mask R-CNN's mask loss per image, averaged over images (as the other terms), so
+            # that a batch split across processes gives the same gradient
+            per_image = mask_logits.split([len(r) for r in rois])
+            loss_thing = torch.stack([
+                maskrcnn_loss(lg, [r], [t["masks"]], [t["labels"]], [i])
+                for lg, r, t, i in zip(per_image, rois, targets, matched)]).mean()
             sem = torch.stack([t["sem_seg"] for t in targets])
             # eq (6): L = L_cls + L_reg + L_thing + lambda * L_stuff
             return {"loss_cls": det_losses["classification"],

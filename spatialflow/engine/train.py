@@ -1,0 +1,355 @@
+"""Training: SGD with warm-up and step decay, AMP on CUDA, DDP through ``torchrun``, atomic
+checkpoints with exact resume, progress bars, ``metrics.jsonl`` and periodic evaluation.
+
+A run directory holds ``config.yaml``, ``metrics.jsonl``, ``checkpoint_last.pt``,
+``model_final.pt`` and ``eval/``; with ``data.root`` unset the synthetic data is generated into
+``<run>/data`` (the same bytes for the same config).
+
+Determinism: the order of images is a function of ``(train.seed, epoch)`` and the augmentation
+of an image a function of ``(train.seed, epoch, index)``, independent of workers and processes;
+so ``--resume`` continues exactly, and N processes see the same global batches as one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import warnings
+from dataclasses import replace
+import os
+import time
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from spatialflow.config import Config, config_from_dict, config_to_dict, load_config, save_config
+from spatialflow.data.coco_panoptic import CocoPanopticDataset, collate_panoptic
+from spatialflow.data.transforms import build_transforms
+from spatialflow.errors import InputError
+from spatialflow.model import build_model
+
+CHECKPOINT = "checkpoint_last.pt"
+FINAL = "model_final.pt"
+
+
+# --- distributed helpers --------------------------------------------------------------------
+def dist_info():
+    """``(rank, world_size, local_rank)`` from torchrun's environment (1 process without it)."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _barrier():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+# --- data order and augmentation ------------------------------------------------------------
+class TrainBatches(torch.utils.data.Sampler):
+    """Batches of ``(epoch, index)`` keys for one process, from iteration ``start`` on.
+
+    Epoch ``e`` is a permutation drawn from ``(seed, e)``; it is cut into global batches of
+    ``global_batch`` images (the last incomplete one is dropped) and process ``rank`` takes its
+    ``global_batch / world`` slice of each. Infinite: the loop decides when to stop.
+    """
+
+    def __init__(self, num_items: int, global_batch: int, seed: int, rank: int = 0,
+                 world: int = 1, start: int = 0):
+        if global_batch % world:
+            raise InputError(f"train.batch_size={global_batch} is not divisible by the "
+                             f"{world} processes")
+        if num_items < global_batch:
+            raise InputError(f"the training set has {num_items} images, fewer than "
+                             f"train.batch_size={global_batch}")
+        self.n, self.batch, self.seed = num_items, global_batch, seed
+        self.rank, self.world, self.start = rank, world, start
+        self.per_epoch = num_items // global_batch
+
+    def __iter__(self) -> Iterator[List[tuple]]:
+        it = self.start
+        per_rank = self.batch // self.world
+        while True:
+            epoch, k = divmod(it, self.per_epoch)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            perm = torch.randperm(self.n, generator=g).tolist()
+            batch = perm[k * self.batch:(k + 1) * self.batch]
+            yield [(epoch, i) for i in batch[self.rank * per_rank:(self.rank + 1) * per_rank]]
+            it += 1
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """Reads ``dataset[index]`` for a key ``(epoch, index)`` with the random augmentation
+    seeded from ``(seed, epoch, index)`` (the caller's random state is left untouched)."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + index)
+            return self.dataset[index]
+
+
+# --- schedule -----------------------------------------------------------------------------
+class WarmupStepSchedule:
+    """lr factor at an iteration: linear warm-up from ``warmup_factor`` over ``warmup_iters``,
+    then x0.1 at each milestone (iterations)."""
+
+    def __init__(self, warmup_iters: int, milestones: Sequence[int], warmup_factor: float = 0.001):
+        self.warmup_iters, self.milestones = warmup_iters, list(milestones)
+        self.warmup_factor = warmup_factor
+
+    def __call__(self, it: int) -> float:
+        factor = 0.1 ** sum(it >= m for m in self.milestones)
+        if it < self.warmup_iters:
+            alpha = it / self.warmup_iters
+            factor *= self.warmup_factor * (1 - alpha) + alpha
+        return factor
+
+
+def scaled_lr(cfg: Config) -> float:
+    """The linear scaling rule: ``train.lr`` is for ``train.base_batch_size`` images."""
+    return cfg.train.lr * cfg.train.batch_size / cfg.train.base_batch_size
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+def save_checkpoint(path, state: dict) -> None:
+    """Write atomically: a temporary file in the same folder, flushed, then renamed over
+    ``path`` (a crash leaves the previous checkpoint intact)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint with ``weights_only=True`` (tensors and plain data only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"{path}: not a readable checkpoint ({e})") from None
+
+
+def unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def load_run(path, device: str = "cpu"):
+    """``(config, model in eval mode, categories)`` from a run folder (its ``model_final.pt``,
+    else ``checkpoint_last.pt``) or a checkpoint file."""
+    from spatialflow.data.categories import CategoryMap
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / FINAL if (path / FINAL).is_file() else path / CHECKPOINT
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise InputError(f"{path}: not a SpatialFlow checkpoint (needs 'model' and 'config')")
+    cfg = config_from_dict(state["config"])
+    categories = CategoryMap.from_coco(state["categories"], source=str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # frozen BN without pretrained weights: loaded below
+        model = build_model(replace(cfg, model=replace(cfg.model, pretrained=None)), categories)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise InputError(f"{path}: weights do not fit the model of its config ({e})") from None
+    return cfg, model.to(device).eval(), categories
+
+
+# --- data ---------------------------------------------------------------------------------
+def prepare_data(cfg: Config, run_dir: Path, rank: int = 0) -> Path:
+    """The data folder: ``data.root``, or the synthetic data generated into ``<run>/data``."""
+    if cfg.data.root is not None:
+        root = Path(cfg.data.root)
+        if not root.is_dir():
+            raise InputError(f"{root}: data.root is not a folder")
+        return root
+    root = run_dir / "data"
+    if rank == 0 and not (root / f"panoptic_{cfg.data.val_split}.json").is_file():
+        from spatialflow.data.synthetic import make_synthetic
+        s = cfg.data.synthetic
+        make_synthetic(root, s.num_train, s.num_val, s.size, s.seed, progress=True)
+    _barrier()
+    return root
+
+
+def build_datasets(cfg: Config, root: Path):
+    d = cfg.data
+    train_tf = build_transforms(d.min_size, d.max_size, d.size_sample, d.scale_range,
+                                d.crop_size, d.flip)
+    train = CocoPanopticDataset.from_root(root, d.train_split, transforms=train_tf,
+                                          on_error=d.on_error)
+    val = CocoPanopticDataset.from_root(root, d.val_split, on_error=d.on_error)
+    return train, val
+
+
+# --- the loop -------------------------------------------------------------------------------
+def _to(targets, device):
+    return [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
+            for t in targets]
+
+
+def _log(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train(config, out, resume: bool = False, device: Optional[str] = None,
+          progress: bool = True, evaluate_at_end: bool = True,
+          stop_at: Optional[int] = None) -> Path:
+    """Train a model as ``config`` says into the run folder ``out``; returns ``out``.
+
+    Under ``torchrun`` the processes share the work (gloo on CPU, NCCL on GPU), each taking
+    ``train.batch_size / world_size`` images of every global batch. ``resume=True`` continues
+    from ``out/checkpoint_last.pt`` with the run's saved config. ``stop_at``: leave after that
+    iteration with a checkpoint, as an interrupted run would (``resume`` goes on from there).
+    """
+    run = Path(out)
+    rank, world, local_rank = dist_info()
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+
+    state = None
+    if resume:
+        state = load_checkpoint(run / CHECKPOINT)
+        cfg = config_from_dict(state["config"])
+    else:
+        cfg = config if isinstance(config, Config) else load_config(config)
+        if rank == 0:
+            if (run / CHECKPOINT).exists():
+                raise InputError(f"{run}: a run is already there; use --resume to continue it "
+                                 f"or choose another --out")
+            run.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run / "config.yaml")
+    _barrier()
+    t = cfg.train
+    torch.manual_seed(t.seed)
+
+    root = prepare_data(cfg, run, rank)
+    train_ds, val_ds = build_datasets(cfg, root)
+    model = build_model(cfg, train_ds.categories).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=scaled_lr(cfg), momentum=t.momentum,
+                                weight_decay=t.weight_decay)
+    batches = TrainBatches(len(train_ds), t.batch_size, t.seed, rank, world)
+    total = t.max_iters or t.epochs * batches.per_epoch
+    milestones = [int(round(m * total)) for m in t.milestones]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupStepSchedule(min(t.warmup_iters, total), milestones))
+    use_amp = t.amp and device.startswith("cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        start = int(state["iteration"])
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.startswith("cuda") else None)
+    batches.start = start
+    loader = torch.utils.data.DataLoader(
+        SeededItems(train_ds, t.seed), batch_sampler=batches,
+        collate_fn=functools.partial(collate_panoptic, size_divisibility=cfg.data.size_divisibility),
+        num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
+
+    def checkpoint(it: int) -> None:
+        if rank != 0:
+            return
+        save_checkpoint(run / CHECKPOINT, {
+            "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "iteration": it, "epoch": it // batches.per_epoch,
+            "rng": {"torch": torch.get_rng_state()}, "config": config_to_dict(cfg),
+            "categories": train_ds.categories.to_coco()})
+
+    def run_eval(it: int) -> dict:
+        from spatialflow.evaluation import evaluate, format_metrics
+        metrics = {}
+        if rank == 0:
+            metrics = evaluate(unwrap(model), val_ds, run / "eval" / f"iter_{it:07d}", cfg.infer,
+                               cfg.data.test_size, cfg.data.max_size, device, progress=progress)
+            _log(run / "metrics.jsonl", {"iter": it, "eval": {
+                k: metrics["panoptic"][k] for k in ("All", "Things", "Stuff")},
+                "bbox": metrics["bbox"]})
+            print(format_metrics(metrics))
+        model.train()
+        _barrier()
+        return metrics
+
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=start, disable=not progress or rank != 0, desc="train",
+               unit="it", dynamic_ncols=True)
+    model.train()
+    it, tick, skipped = start, time.perf_counter(), 0
+    try:
+        for images, targets in loader:
+            if it >= total:
+                break
+            skipped += sum(len(x.get("skipped", ())) for x in targets)
+            images, targets = images.to(device), _to(targets, device)
+            with torch.autocast("cuda", enabled=use_amp):
+                losses = model(images, targets)
+                loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if t.clip_grad:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, t.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            it += 1
+            bar.update(1)
+            if it % t.log_every == 0 or it == total:
+                values = {k: v.item() for k, v in losses.items()}
+                now = time.perf_counter()
+                rate = t.log_every * t.batch_size / max(now - tick, 1e-9)
+                tick = now
+                bar.set_postfix(loss=f"{sum(values.values()):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2g}")
+                if rank == 0:
+                    _log(run / "metrics.jsonl", {"iter": it, "lr": scheduler.get_last_lr()[0],
+                                                 "loss": sum(values.values()), **values,
+                                                 "images_per_s": rate, "skipped": skipped})
+            if it % t.checkpoint_every == 0 or it == total or it == stop_at:
+                checkpoint(it)
+            if it == stop_at and it < total:
+                bar.close()
+                _barrier()
+                return run
+            if t.eval_every and it % t.eval_every == 0 and it < total:
+                run_eval(it)
+    except KeyboardInterrupt:
+        checkpoint(it)
+        bar.close()
+        raise
+    bar.close()
+    if rank == 0:
+        save_checkpoint(run / FINAL, {"model": unwrap(model).state_dict(),
+                                      "config": config_to_dict(cfg), "iteration": it,
+                                      "categories": train_ds.categories.to_coco()})
+    if evaluate_at_end:
+        run_eval(it)
+    _barrier()
+    if world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+    return run

@@ -1,0 +1,106 @@
+"""The training engine: schedule, exact resume, DDP with 2 CPU processes, the CLI."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from spatialflow.cli import main
+from spatialflow.config import load_config
+from spatialflow.data.synthetic import make_synthetic
+from spatialflow.engine.train import (TrainBatches, WarmupStepSchedule, load_checkpoint,
+                                      load_run, train)
+
+FAST = ["data.synthetic.num_train=8", "data.synthetic.num_val=2", "data.synthetic.size=128",
+        "data.min_size=[128]", "data.max_size=128", "data.test_size=128", "data.num_workers=0",
+        "train.batch_size=2", "train.base_batch_size=2", "train.log_every=5",
+        "train.warmup_iters=5", "train.checkpoint_every=1000"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_synthetic(root, 8, 2, 128, 0, workers=1, progress=False)
+    return root
+
+
+def fast(data_root, *extra):
+    return load_config("tiny-cpu", FAST + [f"data.root={data_root}", *extra])
+
+
+def test_schedule_and_batches():
+    s = WarmupStepSchedule(10, [80, 95], warmup_factor=0.001)
+    assert s(0) == pytest.approx(0.001) and s(5) == pytest.approx(0.5005) and s(10) == 1.0
+    assert s(79) == 1.0 and s(80) == pytest.approx(0.1) and s(95) == pytest.approx(0.01)
+    one = iter(TrainBatches(10, 4, seed=3))
+    two = [iter(TrainBatches(10, 4, seed=3, rank=r, world=2)) for r in range(2)]
+    for _ in range(5):                                    # 2 batches per epoch, 3 epochs seen
+        b = next(one)
+        assert b == next(two[0]) + next(two[1]) and len({i for _, i in b}) == 4
+    later = iter(TrainBatches(10, 4, seed=3, start=3))
+    again = iter(TrainBatches(10, 4, seed=3))
+    for _ in range(3):
+        next(again)
+    assert next(later) == next(again)
+
+
+def test_resume_continues_exactly(data_root, tmp_path):
+    cfg = fast(data_root, "train.max_iters=12")
+    train(cfg, tmp_path / "straight", progress=False, evaluate_at_end=False)
+    train(cfg, tmp_path / "split", progress=False, evaluate_at_end=False, stop_at=6)
+    assert load_checkpoint(tmp_path / "split" / "checkpoint_last.pt")["iteration"] == 6
+    assert not (tmp_path / "split" / "model_final.pt").exists()
+    train(None, tmp_path / "split", resume=True, progress=False, evaluate_at_end=False)
+    a = load_checkpoint(tmp_path / "straight" / "model_final.pt")["model"]
+    b = load_checkpoint(tmp_path / "split" / "model_final.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    logs = [json.loads(l) for l in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in logs] == [5, 10, 12]
+    assert {"loss_cls", "loss_reg", "loss_thing", "loss_stuff", "lr", "images_per_s"} <= set(logs[0])
+    with pytest.raises(Exception, match="already there"):
+        train(cfg, tmp_path / "straight", progress=False)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(data_root, tmp_path):
+    """torchrun with 2 CPU processes (gloo) trains to the weights of 1 process on the same
+    global batch."""
+    sets = FAST + [f"data.root={data_root}", "train.max_iters=3", "train.batch_size=4",
+                   "train.base_batch_size=4"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    base = ["-m", "spatialflow.cli", "train", "--preset", "tiny-cpu", "--quiet", "--set", *sets]
+    one = subprocess.run([sys.executable, *base, "--out", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={_free_port()}", *base, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = load_checkpoint(tmp_path / "one" / "model_final.pt")["model"]
+    b = load_checkpoint(tmp_path / "two" / "model_final.pt")["model"]
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst < 1e-4, worst
+    moved = load_checkpoint(tmp_path / "one" / "model_final.pt")
+    assert moved["iteration"] == 3
+
+
+def test_evaluate_cli_on_a_run(data_root, tmp_path, capsys):
+    cfg = fast(data_root, "train.max_iters=2")
+    train(cfg, tmp_path / "run", progress=False, evaluate_at_end=False)
+    cfg2, model, cats = load_run(tmp_path / "run")
+    assert cfg2 == cfg and not model.training and cats.num_things == 4
+    rc = main(["evaluate", str(tmp_path / "run"), "--quiet", "--per-class"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "PQ" in out and "box AP" in out and "grass" in out
+    metrics = json.loads((tmp_path / "run" / "eval" / "final" / "metrics.json").read_text())
+    assert set(metrics) == {"panoptic", "bbox"} and "per_class" in metrics["panoptic"]
+    assert main(["evaluate", str(tmp_path / "nothing")]) == 2
