@@ -17,6 +17,9 @@ _EXPORTS = {
     "CategoryMap": "spatialflow.data.categories",
     "make_synthetic": "spatialflow.data.synthetic",
     "build_model": "spatialflow.model.spatialflow",
+    "train": "spatialflow.engine.train",
+    "load_run": "spatialflow.engine.train",
+    "evaluate": "spatialflow.evaluation",
     "SpatialFlow": "spatialflow.model.spatialflow",
 }
 
@@ -24,8 +27,10 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name):
-    if name in _EXPORTS:
-        import importlib
+    import importlib
 
+    if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in ("panoptic", "evaluation", "config", "data", "model", "engine"):
+        return importlib.import_module(f"spatialflow.{name}")
     raise AttributeError(f"module 'spatialflow' has no attribute {name!r}")

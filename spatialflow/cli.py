@@ -72,37 +72,102 @@ def cmd_make_data(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    """The main job on the built-in synthetic data (CPU): make the data, read it back."""
-    from spatialflow.config import load_config
-    from spatialflow.data.coco_panoptic import CocoPanopticDataset, collate_panoptic
-    from spatialflow.data.synthetic import format_summary, make_synthetic, summarize
+DEMO_DEFAULTS = ["train.max_iters=300"]
 
-    cfg = load_config(args.preset, args.set)
+
+def cmd_demo(args) -> int:
+    """The main job on the built-in synthetic data (CPU): make the data, train the ``tiny-cpu``
+    preset, evaluate PQ / SQ / RQ and box AP on the val split, write overlays and a report.
+    An interrupted demo picks up where it stopped when run again."""
+    import json
+    import time
+
+    from spatialflow.config import load_config
+    from spatialflow.data.synthetic import format_summary, make_synthetic, summarize
+    from spatialflow.engine.train import CHECKPOINT, FINAL, train
+
+    t_start = time.perf_counter()
     out = Path(args.out)
-    data_dir = out / "data"
+    data_dir = (out / "data").resolve()
+    cfg = load_config(args.preset, DEMO_DEFAULTS + list(args.set) + [f"data.root={data_dir}"])
     s = cfg.data.synthetic
-    print(f"[1/3] synthetic data: {s.num_train} train + {s.num_val} val images of "
+    print(f"[1/4] synthetic data: {s.num_train} train + {s.num_val} val images of "
           f"{s.size}x{s.size} px (seed {s.seed}) -> {data_dir}")
-    make_synthetic(data_dir, num_train=s.num_train, num_val=s.num_val, size=s.size, seed=s.seed,
-                   progress=True)
+    if not (data_dir / f"panoptic_{cfg.data.val_split}.json").is_file():
+        make_synthetic(data_dir, num_train=s.num_train, num_val=s.num_val, size=s.size,
+                       seed=s.seed, progress=True)
     print(format_summary(summarize(data_dir)))
-    print("[2/3] reading it back as COCO panoptic")
-    for split in (cfg.data.train_split, cfg.data.val_split):
-        ds = CocoPanopticDataset.from_root(data_dir, split)
-        images, targets = collate_panoptic([ds[i] for i in range(min(2, len(ds)))],
-                                           cfg.data.size_divisibility)
-        n_inst = sum(len(t["labels"]) for t in targets)
-        print(f"  {split}: {len(ds)} items, {ds.categories.num_things} thing + "
-              f"{ds.categories.num_stuff} stuff classes; first batch "
-              f"{tuple(images.tensors.shape)} with {n_inst} instances")
-    split = cfg.data.val_split
-    print(f"[3/3] panopticapi's pq_compute of the {split} ground truth against itself")
-    res = _self_pq(data_dir / f"panoptic_{split}.json", data_dir / f"panoptic_{split}")
-    print("  " + "  ".join(f"PQ {k} {100 * res[k]['pq']:.1f} ({res[k]['n']} classes)"
-                           for k in ("All", "Things", "Stuff")))
-    print(f"demo done: data in {data_dir.resolve()}")
+    t_data = time.perf_counter()
+
+    run = out / "run"
+    print(f"[2/4] training {cfg.name} for {cfg.train.max_iters} iterations of "
+          f"{cfg.train.batch_size} images -> {run}")
+    if (run / FINAL).is_file():
+        print("  already trained: using it")
+    else:
+        train(cfg, run, resume=(run / CHECKPOINT).is_file(), evaluate_at_end=False)
+    t_train = time.perf_counter()
+
+    print(f"[3/4] evaluating on the {cfg.data.val_split} split (panopticapi, pycocotools)")
+    from spatialflow.data.coco_panoptic import CocoPanopticDataset
+    from spatialflow.engine.train import load_run
+    from spatialflow.evaluation import evaluate, format_metrics
+
+    cfg, model, _ = load_run(run)
+    val = CocoPanopticDataset.from_root(data_dir, cfg.data.val_split)
+    eval_dir = run / "eval" / "final"
+    metrics = evaluate(model, val, eval_dir, cfg.infer, cfg.data.test_size, cfg.data.max_size)
+    table = format_metrics(metrics, val.categories, per_class=True)
+    print(table)
+    t_eval = time.perf_counter()
+
+    print(f"[4/4] overlays and report -> {out}")
+    overlays = _demo_overlays(val, eval_dir, out / "overlays", args.overlays)
+    timings = {"data": t_data - t_start, "train": t_train - t_data, "evaluate": t_eval - t_train}
+    _demo_report(out / "report.md", cfg, metrics, table, overlays, timings,
+                 " ".join(["spatialflow demo", *(["--out", args.out] if args.out != "runs/demo" else []),
+                           *(["--set", *args.set] if args.set else [])]))
+    print(f"demo done in {time.perf_counter() - t_start:.0f} s: PQ {100 * metrics['panoptic']['All']['pq']:.1f}"
+          f" (things {100 * metrics['panoptic']['Things']['pq']:.1f}, stuff "
+          f"{100 * metrics['panoptic']['Stuff']['pq']:.1f}), box AP "
+          f"{100 * metrics['bbox']['AP']:.1f}; report: {(out / 'report.md').resolve()}")
     return 0
+
+
+def _demo_overlays(dataset, eval_dir: Path, out_dir: Path, count: int) -> list:
+    """Ground truth | prediction overlays of the first ``count`` images of ``dataset``."""
+    import json
+
+    from spatialflow.data.panoptic_io import read_panoptic_png
+    from viz.overlay import panoptic_overlay, save_png, side_by_side
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pred = {a["image_id"]: a for a in json.loads((eval_dir / "panoptic_pred.json").read_text())[
+        "annotations"]}
+    paths = []
+    for i in range(min(count, len(dataset))):
+        image, gt_pan, rec = dataset.load(i)
+        p = pred[rec["image_id"]]
+        pred_pan = read_panoptic_png(eval_dir / "panoptic_pred" / p["file_name"])
+        gt = panoptic_overlay(image, gt_pan, rec["segments_info"], dataset.categories)
+        pr = panoptic_overlay(image, pred_pan, p["segments_info"], dataset.categories,
+                              boxes=True)
+        path = out_dir / f"{Path(p['file_name']).stem}.png"
+        save_png(path, side_by_side(image, gt, pr))
+        paths.append(path)
+    return paths
+
+
+def _demo_report(path: Path, cfg, metrics, table, overlays, timings, command) -> None:
+    lines = ["# SpatialFlow Workbench demo", "",
+             f"Command: `{command}` (preset `{cfg.name}`, {cfg.train.max_iters} iterations of "
+             f"{cfg.train.batch_size} images, seed {cfg.train.seed}).", "",
+             "Time on this machine: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+             + ".", "", "Metrics on the synthetic val split (panopticapi `pq_compute`, "
+             "pycocotools `COCOeval` for boxes; x100):", "", "```", table, "```", "",
+             "Overlays (image | ground truth | prediction):", ""]
+    lines += [f"![{p.stem}](overlays/{p.name})" for p in overlays]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def cmd_train(args) -> int:
@@ -137,19 +202,6 @@ def cmd_evaluate(args) -> int:
     print(format_metrics(metrics, ds.categories, per_class=args.per_class))
     print(f"metrics written to {out / 'metrics.json'}")
     return 0
-
-
-def _self_pq(panoptic_json: Path, panoptic_dir: Path) -> dict:
-    """panopticapi's PQ of a ground truth against itself (100 for valid data), its chatter
-    silenced."""
-    import contextlib
-    import io
-
-    from panopticapi.evaluation import pq_compute
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return pq_compute(str(panoptic_json), str(panoptic_json), str(panoptic_dir),
-                          str(panoptic_dir))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     q.add_argument("--preset", default="tiny-cpu", help="preset or YAML file (default tiny-cpu)")
     q.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides, e.g. data.synthetic.num_train=50")
+                   help="config overrides, e.g. train.max_iters=100 data.synthetic.num_train=50")
+    q.add_argument("--overlays", type=int, default=4, help="overlay PNGs to write (default 4)")
     q.set_defaults(func=cmd_demo)
     return p
 

@@ -39,13 +39,24 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert rc == 2 and "unknown config key 'model.flows.nope'" in err and "Traceback" not in err
 
 
-def test_demo_runs_on_small_synthetic_data(tmp_path, capsys):
-    rc = main(["demo", "--out", str(tmp_path / "demo"), "--set", "data.synthetic.num_train=4",
-               "data.synthetic.num_val=2", "data.synthetic.size=96"])
+def test_demo_trains_evaluates_and_reports(tmp_path, capsys):
+    args = ["demo", "--out", str(tmp_path / "demo"), "--overlays", "2", "--set",
+            "data.synthetic.num_train=4", "data.synthetic.num_val=2", "data.synthetic.size=96",
+            "data.min_size=[96]", "data.max_size=96", "data.test_size=96", "data.num_workers=0",
+            "train.max_iters=2", "train.warmup_iters=1"]
+    assert main(args) == 0
     out = capsys.readouterr().out
-    assert rc == 0
-    assert "train: 4 items" in out and "val: 2 items" in out and "demo done" in out
-    assert "PQ All 100.0" in out
+    for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "demo done"):
+        assert step in out
+    assert "Things" in out and "box AP" in out
+    demo = tmp_path / "demo"
+    report = (demo / "report.md").read_text()
+    assert "PQ" in report and "overlays/" in report
+    assert len(list((demo / "overlays").glob("*.png"))) == 2
+    metrics = json.loads((demo / "run" / "eval" / "final" / "metrics.json").read_text())
+    assert set(metrics) == {"panoptic", "bbox"}
+    # a second run reuses the trained model
+    assert main(args) == 0 and "already trained" in capsys.readouterr().out
 
 
 def test_entry_point_help_and_usage_errors():
