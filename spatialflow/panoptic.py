@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from spatialflow.data.categories import CategoryMap
-from spatialflow.data.panoptic_io import segment_stats
+from spatialflow.data.panoptic_io import attach_stats
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -116,13 +116,7 @@ def merge(boxes, scores, labels, masks, sem, categories: CategoryMap, *,
             pan[y0:y1, x0:x1][free] = sid
 
     pan = pan.numpy()
-    stats = segment_stats(pan)
-    out = []
-    for seg in segments:
-        if seg["id"] in stats:
-            seg["area"], seg["bbox"] = stats[seg["id"]]
-            out.append(seg)
-    return pan, out
+    return pan, attach_stats(pan, segments)
 
 
 def merge_outputs(output: dict, categories: CategoryMap, **thresholds):

@@ -31,7 +31,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from spatialflow.data.categories import IGNORE_INDEX, CategoryMap
 from spatialflow.data.panoptic_io import (index_images, load_json, read_image,
-                                          read_panoptic_png, segment_stats)
+                                          read_panoptic_png, attach_stats)
 from spatialflow.data.transforms import INSTANCE_FIELDS, boxes_from_masks, pad_to_divisible
 from spatialflow.errors import DatasetError
 
@@ -115,13 +115,7 @@ def target_to_panoptic(target: dict, categories: CategoryMap,
             pan[mask.numpy().astype(bool)] = int(sid)
             out.append({"id": int(sid), "category_id": categories.thing_id(int(label)),
                         "iscrowd": crowd})
-    stats = segment_stats(pan)
-    segments = []
-    for s in out:
-        if s["id"] in stats:
-            s["area"], s["bbox"] = stats[s["id"]]
-            segments.append(s)
-    return pan, segments
+    return pan, attach_stats(pan, out)
 
 
 class CocoPanopticDataset(torch.utils.data.Dataset):

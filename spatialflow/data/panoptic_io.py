@@ -102,6 +102,18 @@ def segment_stats(pan: np.ndarray) -> Dict[int, Tuple[int, list]]:
     }
 
 
+def attach_stats(pan: np.ndarray, segments) -> list:
+    """``segments`` with ``area`` and ``bbox`` set from the id map ``pan``; segments without a
+    pixel are left out."""
+    stats = segment_stats(pan)
+    out = []
+    for seg in segments:
+        if seg["id"] in stats:
+            seg["area"], seg["bbox"] = stats[seg["id"]]
+            out.append(seg)
+    return out
+
+
 def index_images(image_dir: Path) -> Dict[str, Path]:
     """``{file stem: path}`` of every image file under ``image_dir`` (recursively)."""
     index: Dict[str, Path] = {}
