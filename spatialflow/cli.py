@@ -79,7 +79,6 @@ def cmd_demo(args) -> int:
     """The main job on the built-in synthetic data (CPU): make the data, train the ``tiny-cpu``
     preset, evaluate PQ / SQ / RQ and box AP on the val split, write overlays and a report.
     An interrupted demo picks up where it stopped when run again."""
-    import json
     import time
 
     from spatialflow.config import load_config
@@ -124,12 +123,12 @@ def cmd_demo(args) -> int:
     print(f"[4/4] overlays and report -> {out}")
     overlays = _demo_overlays(val, eval_dir, out / "overlays", args.overlays)
     timings = {"data": t_data - t_start, "train": t_train - t_data, "evaluate": t_eval - t_train}
-    _demo_report(out / "report.md", cfg, metrics, table, overlays, timings,
-                 " ".join(["spatialflow demo", *(["--out", args.out] if args.out != "runs/demo" else []),
-                           *(["--set", *args.set] if args.set else [])]))
-    print(f"demo done in {time.perf_counter() - t_start:.0f} s: PQ {100 * metrics['panoptic']['All']['pq']:.1f}"
-          f" (things {100 * metrics['panoptic']['Things']['pq']:.1f}, stuff "
-          f"{100 * metrics['panoptic']['Stuff']['pq']:.1f}), box AP "
+    command = ["spatialflow demo"] + (["--out", args.out] if args.out != "runs/demo" else [])
+    command += ["--set", *args.set] if args.set else []
+    _demo_report(out / "report.md", cfg, metrics, table, overlays, timings, " ".join(command))
+    p = metrics["panoptic"]
+    print(f"demo done in {time.perf_counter() - t_start:.0f} s: PQ {100 * p['All']['pq']:.1f} "
+          f"(things {100 * p['Things']['pq']:.1f}, stuff {100 * p['Stuff']['pq']:.1f}), box AP "
           f"{100 * metrics['bbox']['AP']:.1f}; report: {(out / 'report.md').resolve()}")
     return 0
 
