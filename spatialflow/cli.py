@@ -138,7 +138,7 @@ def _demo_overlays(dataset, eval_dir: Path, out_dir: Path, count: int) -> list:
     import json
 
     from spatialflow.data.panoptic_io import read_panoptic_png
-    from viz.overlay import panoptic_overlay, save_png, side_by_side
+    from spatialflow.render import panoptic_overlay, save_png, side_by_side
 
     out_dir.mkdir(parents=True, exist_ok=True)
     pred = {a["image_id"]: a for a in json.loads((eval_dir / "panoptic_pred.json").read_text())[
@@ -203,6 +203,26 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    """Panoptic predictions for image files or folders: PNGs + JSON (COCO panoptic) and
+    overlays. Unreadable files are skipped and listed at the end (exit code 2)."""
+    from spatialflow.engine.predict import list_images, predict_files
+    from spatialflow.engine.train import load_run
+
+    cfg, model, categories = load_run(args.run)
+    files = list_images(args.inputs)
+    n, failures = predict_files(model, categories, files, args.out, cfg.infer,
+                                cfg.data.test_size, cfg.data.max_size, progress=not args.quiet)
+    print(f"{n} image(s) predicted -> {Path(args.out).resolve()} (panoptic.json, panoptic/, "
+          f"overlays/)")
+    for path, reason in failures:
+        print(f"skipped: {reason}", file=sys.stderr)
+    if failures:
+        raise InputError(f"{len(failures)} of {len(files)} file(s) could not be read "
+                         f"(listed above)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spatialflow",
@@ -253,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--per-class", action="store_true", help="print PQ per class")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=cmd_evaluate)
+
+    q = sub.add_parser("predict", help="panoptic predictions and overlays for images")
+    q.add_argument("run", help="run folder or checkpoint file")
+    q.add_argument("inputs", nargs="+", help="image files or folders")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_predict)
 
     q = sub.add_parser("demo", help="the CPU demo on the built-in synthetic data")
     q.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

@@ -60,3 +60,10 @@ def test_ci_runs_the_readme_test_command():
 def test_console_script_declared():
     scripts = _pyproject()["project"]["scripts"]
     assert scripts["spatialflow"] == "spatialflow.cli:main"
+
+
+def test_spatialflow_never_imports_viz():
+    """viz depends on spatialflow, never the other way (DESIGN)."""
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "spatialflow").rglob("*.py")
+                 if re.search(r"^\s*(from|import)\s+viz\b", p.read_text(), re.M)]
+    assert offenders == []

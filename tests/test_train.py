@@ -104,3 +104,29 @@ def test_evaluate_cli_on_a_run(data_root, tmp_path, capsys):
     metrics = json.loads((tmp_path / "run" / "eval" / "final" / "metrics.json").read_text())
     assert set(metrics) == {"panoptic", "bbox"} and "per_class" in metrics["panoptic"]
     assert main(["evaluate", str(tmp_path / "nothing")]) == 2
+
+
+def test_predict_cli_writes_coco_panoptic_and_overlays(data_root, tmp_path, capsys):
+    from panopticapi.utils import rgb2id
+    from PIL import Image
+    import numpy as np
+
+    cfg = fast(data_root, "train.max_iters=1")
+    train(cfg, tmp_path / "run", progress=False, evaluate_at_end=False)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for p in sorted((data_root / "val").glob("*.jpg")):
+        Image.open(p).convert("L").save(inputs / (p.stem + ".png"))   # grayscale PNGs
+    (inputs / "broken.jpg").write_bytes(b"not an image")
+    rc = main(["predict", str(tmp_path / "run"), str(inputs), "--out", str(tmp_path / "pred"),
+               "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 2 and "broken.jpg" in captured.err and "1 of 3 file(s)" in captured.err
+    data = json.loads((tmp_path / "pred" / "panoptic.json").read_text())
+    assert len(data["images"]) == len(data["annotations"]) == 2
+    for ann in data["annotations"]:
+        pan = rgb2id(np.asarray(Image.open(tmp_path / "pred" / "panoptic" / ann["file_name"])))
+        assert set(np.unique(pan).tolist()) - {0} == {s["id"] for s in ann["segments_info"]}
+    assert len(list((tmp_path / "pred" / "overlays").glob("*.png"))) == 2
+    assert main(["predict", str(tmp_path / "run"), str(tmp_path / "nope"), "--out",
+                 str(tmp_path / "x")]) == 2

@@ -1,82 +1,8 @@
-"""Panoptic overlays: image + segments in their category colours (instances of one class told
-apart), segment boundaries, optional boxes with class names."""
+"""Panoptic overlays for notebooks and figures. The array rendering lives in
+:mod:`spatialflow.render` (the CLI writes its PNGs with it); figures, legends and widgets built
+on it belong here."""
 
-from __future__ import annotations
+from spatialflow.render import (boundaries, panoptic_overlay, save_png, segment_colors,
+                                side_by_side)
 
-from typing import Optional, Sequence
-
-import numpy as np
-from PIL import Image, ImageDraw
-
-from spatialflow.data.categories import CategoryMap
-
-
-def segment_colors(segments: Sequence[dict], categories: CategoryMap) -> dict:
-    """``{segment id: rgb}``: the category colour, shifted for each instance of a thing class
-    (deterministic in the segment's rank among its class) so neighbours of one class differ."""
-    colors, seen = {}, {}
-    for s in segments:
-        base = np.array(categories[s["category_id"]]["color"], np.int32)
-        k = seen.get(s["category_id"], 0)
-        seen[s["category_id"]] = k + 1
-        if categories.is_thing(s["category_id"]) and k:
-            rng = np.random.default_rng(k)
-            base = np.clip(base + rng.integers(-60, 61, 3), 0, 255)
-        colors[s["id"]] = base.astype(np.uint8)
-    return colors
-
-
-def boundaries(pan: np.ndarray) -> np.ndarray:
-    """``bool[H,W]``: pixels whose right or lower neighbour belongs to another segment."""
-    edge = np.zeros(pan.shape, bool)
-    edge[:, :-1] |= pan[:, :-1] != pan[:, 1:]
-    edge[:-1, :] |= pan[:-1, :] != pan[1:, :]
-    return edge
-
-
-def panoptic_overlay(image: np.ndarray, pan: np.ndarray, segments: Sequence[dict],
-                     categories: CategoryMap, alpha: float = 0.55, draw_boundaries: bool = True,
-                     boxes: bool = False, labels: bool = False) -> np.ndarray:
-    """``uint8[H,W,3]``: ``image`` blended with the segments' colours (unassigned pixels keep
-    the image), with boundaries in white and, optionally, thing boxes and class names."""
-    image = np.asarray(image, np.uint8)
-    out = image.astype(np.float32)
-    colors = segment_colors(segments, categories)
-    for s in segments:
-        m = pan == s["id"]
-        out[m] = (1 - alpha) * out[m] + alpha * colors[s["id"]]
-    if draw_boundaries:
-        out[boundaries(pan)] = 255
-    result = Image.fromarray(out.clip(0, 255).astype(np.uint8))
-    if boxes or labels:
-        draw = ImageDraw.Draw(result)
-        for s in segments:
-            if not s.get("isthing", categories.is_thing(s["category_id"])):
-                continue
-            x, y, w, h = s["bbox"]
-            color = tuple(int(c) for c in colors[s["id"]])
-            if boxes:
-                draw.rectangle([x, y, x + w - 1, y + h - 1], outline=color)
-            if labels:
-                text = categories.name(s["category_id"])
-                if "score" in s:
-                    text += f" {s['score']:.2f}"
-                draw.text((x + 1, max(0, y - 10)), text, fill=(255, 255, 255))
-    return np.asarray(result)
-
-
-def side_by_side(*panels: np.ndarray, gap: int = 4) -> np.ndarray:
-    """Panels of equal height next to each other, with a white gap."""
-    h = max(p.shape[0] for p in panels)
-    cols = []
-    for i, p in enumerate(panels):
-        if p.shape[0] < h:
-            p = np.pad(p, ((0, h - p.shape[0]), (0, 0), (0, 0)), constant_values=255)
-        cols.append(p)
-        if i < len(panels) - 1:
-            cols.append(np.full((h, gap, 3), 255, np.uint8))
-    return np.concatenate(cols, axis=1)
-
-
-def save_png(path, array: np.ndarray) -> None:
-    Image.fromarray(np.asarray(array, np.uint8)).save(path)
+__all__ = ["boundaries", "panoptic_overlay", "save_png", "segment_colors", "side_by_side"]

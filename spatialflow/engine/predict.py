@@ -59,3 +59,70 @@ def predict_dataset(model, dataset, infer: InferConfig = InferConfig(), test_siz
         out, pan, segments = predict_image(model, tensor, dataset.categories, infer, test_size,
                                            max_size, device)
         yield idx, rec, out, pan, segments
+
+
+def list_images(inputs) -> list:
+    """Image files named in ``inputs`` (files, or folders searched recursively), sorted."""
+    from pathlib import Path
+
+    from spatialflow.data.panoptic_io import IMAGE_EXTENSIONS
+    from spatialflow.errors import InputError
+
+    files = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
+                           and f.is_file())
+            if not found:
+                raise InputError(f"{p}: no image files in this folder")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InputError(f"{p}: no such file or folder")
+    return files
+
+
+def predict_files(model, categories, files, out_dir, infer: InferConfig = InferConfig(),
+                  test_size: int = 800, max_size: Optional[int] = 1333, device: str = "cpu",
+                  progress: bool = True):
+    """Predict image files and write ``out_dir/panoptic/*.png`` + ``out_dir/panoptic.json``
+    (COCO panoptic) and ``out_dir/overlays/*.png`` (image | prediction). A file that cannot be
+    read is skipped; returns ``(number written, [(file, reason), ...])``."""
+    import json
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from spatialflow.data.panoptic_io import read_image, write_panoptic_png
+    from spatialflow.errors import DatasetError
+    from spatialflow.render import panoptic_overlay, save_png, side_by_side
+
+    out_dir = Path(out_dir)
+    (out_dir / "panoptic").mkdir(parents=True, exist_ok=True)
+    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    images, annotations, failures = [], [], []
+    stems = set()
+    for path in tqdm(files, desc="predict", unit="img", disable=not progress):
+        try:
+            image = read_image(path)
+        except DatasetError as e:
+            failures.append((str(path), str(e)))
+            continue
+        stem = path.stem if path.stem not in stems else f"{path.stem}_{len(stems)}"
+        stems.add(stem)
+        tensor = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
+        _, pan, segments = predict_image(model, tensor, categories, infer, test_size, max_size,
+                                         device)
+        image_id = len(images) + 1
+        write_panoptic_png(out_dir / "panoptic" / f"{stem}.png", pan)
+        overlay = panoptic_overlay(image, pan, segments, categories, boxes=True, labels=True)
+        save_png(out_dir / "overlays" / f"{stem}.png", side_by_side(image, overlay))
+        images.append({"id": image_id, "file_name": path.name, "height": image.shape[0],
+                       "width": image.shape[1], "path": str(path)})
+        annotations.append({"image_id": image_id, "file_name": f"{stem}.png",
+                            "segments_info": segments})
+    (out_dir / "panoptic.json").write_text(json.dumps(
+        {"images": images, "annotations": annotations, "categories": categories.to_coco()}))
+    return len(images), failures

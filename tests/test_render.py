@@ -1,7 +1,7 @@
 import numpy as np
 
 from spatialflow.data.categories import CategoryMap
-from viz.overlay import boundaries, panoptic_overlay, segment_colors, side_by_side
+from spatialflow.render import boundaries, panoptic_overlay, segment_colors, side_by_side
 
 from conftest import TINY_CATEGORIES, tiny_scene
 
