@@ -12,8 +12,8 @@ import torch
 from spatialflow.cli import main
 from spatialflow.config import load_config
 from spatialflow.data.synthetic import make_synthetic
-from spatialflow.engine.train import (TrainBatches, WarmupStepSchedule, load_checkpoint,
-                                      load_run, train)
+from spatialflow.engine.train import (TrainBatches, load_checkpoint, load_run, lr_scheduler,
+                                      train)
 
 FAST = ["data.synthetic.num_train=8", "data.synthetic.num_val=2", "data.synthetic.size=128",
         "data.min_size=[128]", "data.max_size=128", "data.test_size=128", "data.num_workers=0",
@@ -33,9 +33,20 @@ def fast(data_root, *extra):
 
 
 def test_schedule_and_batches():
-    s = WarmupStepSchedule(10, [80, 95], warmup_factor=0.001)
-    assert s(0) == pytest.approx(0.001) and s(5) == pytest.approx(0.5005) and s(10) == 1.0
-    assert s(79) == 1.0 and s(80) == pytest.approx(0.1) and s(95) == pytest.approx(0.01)
+    def lrs(warmup):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        sched, out = lr_scheduler(opt, warmup, [80, 95], warmup_factor=0.001), []
+        for _ in range(100):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    s = lrs(10)
+    assert s[0] == pytest.approx(0.001) and s[5] == pytest.approx(0.5005)
+    assert s[10] == pytest.approx(1.0) and s[79] == pytest.approx(1.0)
+    assert s[80] == pytest.approx(0.1) and s[95] == pytest.approx(0.01)
+    assert lrs(0)[:3] == [1.0, 1.0, 1.0] and lrs(0)[80] == pytest.approx(0.1)
     one = iter(TrainBatches(10, 4, seed=3))
     two = [iter(TrainBatches(10, 4, seed=3, rank=r, world=2)) for r in range(2)]
     for _ in range(5):                                    # 2 batches per epoch, 3 epochs seen

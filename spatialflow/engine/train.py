@@ -97,20 +97,17 @@ class SeededItems(torch.utils.data.Dataset):
 
 
 # --- schedule -----------------------------------------------------------------------------
-class WarmupStepSchedule:
-    """lr factor at an iteration: linear warm-up from ``warmup_factor`` over ``warmup_iters``,
-    then x0.1 at each milestone (iterations)."""
+def lr_scheduler(optimizer, warmup_iters: int, milestones: Sequence[int],
+                 warmup_factor: float = 0.001):
+    """Per-iteration schedule: torch's ``LinearLR`` warm-up from ``warmup_factor`` over
+    ``warmup_iters``, chained with ``MultiStepLR`` (x0.1 at each milestone iteration)."""
+    from torch.optim.lr_scheduler import ChainedScheduler, LinearLR, MultiStepLR
 
-    def __init__(self, warmup_iters: int, milestones: Sequence[int], warmup_factor: float = 0.001):
-        self.warmup_iters, self.milestones = warmup_iters, list(milestones)
-        self.warmup_factor = warmup_factor
-
-    def __call__(self, it: int) -> float:
-        factor = 0.1 ** sum(it >= m for m in self.milestones)
-        if it < self.warmup_iters:
-            alpha = it / self.warmup_iters
-            factor *= self.warmup_factor * (1 - alpha) + alpha
-        return factor
+    steps = MultiStepLR(optimizer, milestones=list(milestones), gamma=0.1)
+    if warmup_iters <= 0:
+        return steps
+    warm = LinearLR(optimizer, start_factor=warmup_factor, total_iters=warmup_iters)
+    return ChainedScheduler([warm, steps], optimizer=optimizer)
 
 
 def scaled_lr(cfg: Config) -> float:
@@ -251,8 +248,7 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
     batches = TrainBatches(len(train_ds), t.batch_size, t.seed, rank, world)
     total = t.max_iters or t.epochs * batches.per_epoch
     milestones = [int(round(m * total)) for m in t.milestones]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupStepSchedule(min(t.warmup_iters, total), milestones))
+    scheduler = lr_scheduler(optimizer, min(t.warmup_iters, total), milestones)
     use_amp = t.amp and device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start = 0
