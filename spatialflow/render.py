@@ -4,7 +4,7 @@ its PNGs with these; :mod:`viz` builds figures and widgets on them."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw

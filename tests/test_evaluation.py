@@ -79,7 +79,6 @@ def test_box_ap_of_gt_against_itself(synth):
 
 def test_pq_with_an_empty_group(tmp_path):
     """panopticapi's pq_compute divides by zero when no thing exists anywhere: reported as n=0."""
-    from spatialflow.data.coco_panoptic import CocoPanopticDataset
     from spatialflow.evaluation import pq
     import numpy as np
     from conftest import write_tiny_dataset

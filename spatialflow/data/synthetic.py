@@ -272,7 +272,7 @@ def _layout(rng, sc):
 
 def _paint_stuff(rng, sc):
     """Textured colours of the stuff regions -> float32 [3, H, W] (channels first: fast numpy)."""
-    H, W, Y, X, sem, hi = sc.H, sc.W, sc.Y, sc.X, sc.sem, sc.hi
+    H, Y, X, sem, hi = sc.H, sc.Y, sc.X, sc.sem, sc.hi
     mood = rng.choice(3, p=[0.7, 0.15, 0.15])  # day, dusk, overcast
     top = _jitter(rng, [[60, 120, 215], [70, 70, 140], [140, 148, 160]][mood], 20)[:, None, None]
     low = _jitter(rng, [[180, 205, 235], [240, 160, 110], [200, 204, 210]][mood], 15)[:, None, None]
