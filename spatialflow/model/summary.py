@@ -67,12 +67,11 @@ def _size(image_size: Size) -> Tuple[int, int]:
 
 
 def _get(model: nn.Module, path: str) -> Optional[nn.Module]:
-    obj = model
-    for name in path.split("."):
-        obj = getattr(obj, name, None)
-        if obj is None:
-            return None
-    return obj
+    """``model.get_submodule(path)``, or None for a part that is switched off (None)."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def _params(module: Optional[nn.Module]) -> int:
