@@ -185,7 +185,7 @@ def cmd_evaluate(args) -> int:
     from spatialflow.engine.train import load_run, prepare_data
     from spatialflow.evaluation import evaluate, format_metrics
 
-    cfg, model, categories = load_run(args.run)
+    cfg, model, categories = load_run(args.run, overrides=args.set)
     run = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
     root = Path(args.data) if args.data else prepare_data(cfg, run)
     ds = CocoPanopticDataset.from_root(root, args.split or cfg.data.val_split,
@@ -209,7 +209,7 @@ def cmd_predict(args) -> int:
     from spatialflow.engine.predict import list_images, predict_files
     from spatialflow.engine.train import load_run
 
-    cfg, model, categories = load_run(args.run)
+    cfg, model, categories = load_run(args.run, overrides=args.set)
     files = list_images(args.inputs)
     n, failures = predict_files(model, categories, files, args.out, cfg.infer,
                                 cfg.data.test_size, cfg.data.max_size, progress=not args.quiet)
@@ -221,6 +221,12 @@ def cmd_predict(args) -> int:
         raise InputError(f"{len(failures)} of {len(files)} file(s) could not be read "
                          f"(listed above)")
     return 0
+
+
+INFER_SET_HELP = ("inference settings to change: infer.* (merge thresholds, e.g. "
+                  "infer.mask_conf=0.5; test-time augmentation, e.g. "
+                  "'infer.tta_scales=[[600,1000],[800,1333]]' infer.tta_flip=true), "
+                  "data.test_size, data.max_size")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default=None, help="output folder (default RUN/eval/final)")
     q.add_argument("--max-images", type=int, default=None, help="only the first N images")
     q.add_argument("--per-class", action="store_true", help="print PQ per class")
+    q.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=INFER_SET_HELP)
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=cmd_evaluate)
 
@@ -278,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("run", help="run folder or checkpoint file")
     q.add_argument("inputs", nargs="+", help="image files or folders")
     q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=INFER_SET_HELP)
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_predict)
 

@@ -91,6 +91,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     """Optimisation (paper IV-B-1): SGD, warm-up, step decay."""
+    optimizer: str = "sgd"  # "sgd" (the paper's) or "adamw" (converges sooner from scratch)
     batch_size: int = 8
     lr: float = 0.005  # for batch_size images; scaled linearly with the batch size
     base_batch_size: int = 8
@@ -120,6 +121,10 @@ class InferConfig:
     stuff_area: int = 4900
     box_fill: float = 0.6
     box_fill_enabled: bool = True
+    # test-time augmentation (paper Tables II, III): [shorter edge, longer-edge cap] per scale,
+    # e.g. [[1000, 1500], [1200, 1800], [1400, 2100]]; empty: data.test_size only
+    tta_scales: List[List[int]] = field(default_factory=list)
+    tta_flip: bool = False  # also run each scale on the horizontally flipped image
 
 
 @dataclass
@@ -202,11 +207,14 @@ def _check(cfg: Config) -> Config:
     need(all(0 < x < 1 for x in t.milestones), "train.milestones", "must be fractions in (0, 1)")
     need(t.warmup_iters >= 0, "train.warmup_iters", "must be >= 0")
     need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    need(t.optimizer in ("sgd", "adamw"), "train.optimizer", "must be 'sgd' or 'adamw'")
     for k in ("score_thresh", "nms_thresh", "mask_conf", "overlap", "box_fill"):
         v = getattr(i, k)
         need(0.0 <= v <= 1.0, f"infer.{k}", f"must be in [0, 1], got {v}")
     need(i.stuff_area >= 0, "infer.stuff_area", "must be >= 0")
     need(i.detections_per_img >= 1, "infer.detections_per_img", "must be >= 1")
+    need(all(len(x) == 2 and min(x) > 0 for x in i.tta_scales), "infer.tta_scales",
+         f"needs [shorter edge, longer-edge cap] pairs of positive sizes, got {i.tta_scales}")
     need(m.fpn_channels >= 1, "model.fpn_channels", "must be >= 1")
     need(m.backbone in BACKBONES, "model.backbone", f"must be one of {', '.join(BACKBONES)}")
     need(m.backbone_norm in ("frozen_bn", "bn", "gn"), "model.backbone_norm",
@@ -293,8 +301,19 @@ def load_config(name_or_path: Union[str, Path, None] = "tiny-cpu",
             if not preset.is_file():
                 raise ConfigError(f"unknown preset '{name}' (presets: {', '.join(list_presets())})")
             cfg = dataclasses.replace(_from_yaml(preset), name=name)
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Config, overrides: Sequence[str] = (),
+                    allowed: Optional[Sequence[str]] = None) -> Config:
+    """``cfg`` with ``key.path=value`` overrides applied and checked; ``allowed``: key prefixes
+    that may change (e.g. ``("infer.",)`` for a trained model), others are refused."""
     for text in overrides:
         keys, value = parse_override(text)
+        name = ".".join(keys)
+        if allowed is not None and not any(name == a or name.startswith(a) for a in allowed):
+            raise ConfigError(f"config key '{name}' cannot change here (only "
+                              f"{', '.join(a + '*' if a.endswith('.') else a for a in allowed)})")
         nested = value
         for k in reversed(keys):
             nested = {k: nested}

@@ -115,6 +115,13 @@ def test_evaluate_cli_on_a_run(data_root, tmp_path, capsys):
     metrics = json.loads((tmp_path / "run" / "eval" / "final" / "metrics.json").read_text())
     assert set(metrics) == {"panoptic", "bbox"} and "per_class" in metrics["panoptic"]
     assert main(["evaluate", str(tmp_path / "nothing")]) == 2
+    # inference settings change at evaluation (here: multi-scale + flip TTA); the model's don't
+    rc = main(["evaluate", str(tmp_path / "run"), "--quiet", "--out", str(tmp_path / "tta"),
+               "--set", "infer.tta_scales=[[96, 200], [128, 256]]", "infer.tta_flip=true"])
+    assert rc == 0 and (tmp_path / "tta" / "metrics.json").is_file()
+    assert load_run(tmp_path / "run", overrides=["infer.tta_flip=true"])[0].infer.tta_flip
+    assert main(["evaluate", str(tmp_path / "run"), "--set", "model.backbone=resnet50"]) == 2
+    assert "cannot change here" in capsys.readouterr().err
 
 
 def test_predict_cli_writes_coco_panoptic_and_overlays(data_root, tmp_path, capsys):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as nnf
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.models.detection.transform import resize_boxes
+from torchvision.ops import batched_nms
 from torchvision.transforms.v2 import functional as F
 
 from spatialflow.config import InferConfig
@@ -29,17 +33,78 @@ def prepare_image(image: torch.Tensor, test_size: int, max_size: Optional[int]) 
     return F.resize_image(image, list(size), antialias=True)
 
 
+def augmentations(infer: InferConfig, test_size: int,
+                  max_size: Optional[int]) -> List[Tuple[int, Optional[int], bool]]:
+    """The test-time passes ``(shorter edge, longer-edge cap, flipped)`` that ``infer`` asks
+    for: each of ``infer.tta_scales`` (or just ``test_size``), each also flipped when
+    ``infer.tta_flip``."""
+    scales = [(int(a), int(b)) for a, b in infer.tta_scales] or [(test_size, max_size)]
+    flips = (False, True) if infer.tta_flip else (False,)
+    return [(short, cap, flip) for short, cap in scales for flip in flips]
+
+
+def flip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
+    """xyxy boxes mirrored left-right in an image ``width`` pixels wide."""
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
+
+
+@torch.inference_mode()
+def predict_tta(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
+                test_size: int = 800, max_size: Optional[int] = 1333,
+                device: str = "cpu") -> dict:
+    """Multi-scale + flip test-time augmentation of one ``float[3,H,W]`` image (the passes of
+    :func:`augmentations`): the stuff probabilities of all passes are averaged; the detections
+    of all passes are pooled and reduced by per-class NMS (``nms_thresh``, top
+    ``detections_per_img``); each kept box's 28x28 mask probabilities are averaged over the
+    passes (the thing head run on every pass's features) and pasted once. Returns the raw
+    output (``boxes``, ``scores``, ``labels``, ``masks``, ``sem_probs``) at the original size."""
+    model.eval()
+    h, w = image.shape[-2:]
+    passes, found, sem = [], [], None
+    for short, cap, flip in augmentations(infer, test_size, max_size):
+        x = prepare_image(image, short, cap).to(device)
+        x = x.flip(-1) if flip else x
+        sizes, thing_features, detections, stuff_logits = model.raw_outputs([x])
+        (ah, aw), det = sizes[0], detections[0]
+        boxes = flip_boxes(det["boxes"], aw) if flip else det["boxes"]
+        found.append((resize_boxes(boxes, (ah, aw), (h, w)), det["scores"], det["labels"]))
+        logits = stuff_logits[:, :, :ah, :aw]
+        logits = logits.flip(-1) if flip else logits
+        probs = nnf.interpolate(logits, size=(h, w), mode="bilinear",
+                                align_corners=False)[0].softmax(0)
+        sem = probs if sem is None else sem + probs
+        passes.append((thing_features, (ah, aw), flip))
+    boxes, scores, labels = (torch.cat(v) for v in zip(*found))
+    keep = batched_nms(boxes, scores, labels, model.nms_thresh)[:model.detections_per_img]
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    mask_probs = None
+    for thing_features, (ah, aw), flip in passes:
+        b = resize_boxes(boxes, (h, w), (ah, aw))
+        p = model.mask_probs(thing_features, [flip_boxes(b, aw) if flip else b], [labels],
+                             [(ah, aw)])[0]
+        p = p.flip(-1) if flip else p
+        mask_probs = p if mask_probs is None else mask_probs + p
+    masks = paste_masks_in_image(mask_probs / len(passes), boxes, (h, w), padding=1)
+    out = dict(boxes=boxes, scores=scores, labels=labels, masks=masks,
+               sem_probs=sem / len(passes))
+    return {k: v.cpu() for k, v in out.items()}
+
+
 @torch.inference_mode()
 def predict_image(model, image: torch.Tensor, categories, infer: InferConfig = InferConfig(),
                   test_size: int = 800, max_size: Optional[int] = 1333,
                   device: str = "cpu") -> Tuple[dict, "object", list]:
     """Run the model on one ``float[3,H,W]`` image (values in [0, 1]) and merge: returns
-    ``(raw output at the original size, panoptic id map, segments_info)``."""
+    ``(raw output at the original size, panoptic id map, segments_info)``. With
+    ``infer.tta_scales`` or ``infer.tta_flip`` set, the raw output is :func:`predict_tta`'s."""
     model.eval()
     h, w = image.shape[-2:]
-    x = prepare_image(image, test_size, max_size).to(device)
-    out = model([x], output_sizes=[(h, w)])[0]
-    out = {k: v.cpu() for k, v in out.items()}
+    if infer.tta_scales or infer.tta_flip:
+        out = predict_tta(model, image, infer, test_size, max_size, device)
+    else:
+        x = prepare_image(image, test_size, max_size).to(device)
+        out = model([x], output_sizes=[(h, w)])[0]
+        out = {k: v.cpu() for k, v in out.items()}
     pan, segments = merge_outputs(out, categories, **merge_kwargs(infer))
     return out, pan, segments
 

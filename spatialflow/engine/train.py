@@ -24,7 +24,7 @@ from typing import Iterator, List, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from spatialflow.config import Config, config_from_dict, config_to_dict, load_config, save_config
+from spatialflow.config import Config, apply_overrides, config_from_dict, config_to_dict, load_config, save_config
 from spatialflow.data.coco_panoptic import CocoPanopticDataset, collate_panoptic
 from spatialflow.data.transforms import build_transforms
 from spatialflow.errors import InputError
@@ -110,6 +110,15 @@ def lr_scheduler(optimizer, warmup_iters: int, milestones: Sequence[int],
     return ChainedScheduler([warm, steps], optimizer=optimizer)
 
 
+def build_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper) or AdamW, at the batch-scaled learning rate."""
+    t = cfg.train
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=scaled_lr(cfg), weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=scaled_lr(cfg), momentum=t.momentum,
+                           weight_decay=t.weight_decay)
+
+
 def scaled_lr(cfg: Config) -> float:
     """The linear scaling rule: ``train.lr`` is for ``train.base_batch_size`` images."""
     return cfg.train.lr * cfg.train.batch_size / cfg.train.base_batch_size
@@ -143,9 +152,14 @@ def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def load_run(path, device: str = "cpu"):
+# what may change once a model is trained: the inference settings and the test resolution
+INFERENCE_KEYS = ("infer.", "data.test_size", "data.max_size")
+
+
+def load_run(path, device: str = "cpu", overrides: Sequence[str] = ()):
     """``(config, model in eval mode, categories)`` from a run folder (its ``model_final.pt``,
-    else ``checkpoint_last.pt``) or a checkpoint file."""
+    else ``checkpoint_last.pt``) or a checkpoint file; ``overrides`` (``key=value``) may
+    change the :data:`INFERENCE_KEYS` of its config."""
     from spatialflow.data.categories import CategoryMap
 
     path = Path(path)
@@ -154,7 +168,7 @@ def load_run(path, device: str = "cpu"):
     state = load_checkpoint(path)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise InputError(f"{path}: not a SpatialFlow checkpoint (needs 'model' and 'config')")
-    cfg = config_from_dict(state["config"])
+    cfg = apply_overrides(config_from_dict(state["config"]), overrides, INFERENCE_KEYS)
     categories = CategoryMap.from_coco(state["categories"], source=str(path))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # frozen BN without pretrained weights: loaded below
@@ -243,8 +257,7 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
     train_ds, val_ds = build_datasets(cfg, root)
     model = build_model(cfg, train_ds.categories).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=scaled_lr(cfg), momentum=t.momentum,
-                                weight_decay=t.weight_decay)
+    optimizer = build_optimizer(params, cfg)
     batches = TrainBatches(len(train_ds), t.batch_size, t.seed, rank, world)
     total = t.max_iters or t.epochs * batches.per_epoch
     milestones = [int(round(m * total)) for m in t.milestones]

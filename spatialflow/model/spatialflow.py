@@ -112,6 +112,16 @@ class SpatialFlow(RetinaNet):
         feats = list(self.backbone(self.normalize(images)).values())
         return images, feats, self.subnets(feats)
 
+    def run_heads(self, images: ImageInput):
+        """Backbone, sub-networks, cls / reg / stuff heads and anchors: ``(ImageList, FPN
+        features, sub-network outputs, {"cls_logits", "bbox_regression"}, anchors, stuff
+        logits)``."""
+        images, feats, towers = self.features(images)
+        head_outputs = {"cls_logits": self.head.classification_head(towers["cls"]),
+                        "bbox_regression": self.head.regression_head(towers["reg"])}
+        anchors = self.anchor_generator(images, feats)
+        return images, feats, towers, head_outputs, anchors, self.stuff_head(towers["stuff"])
+
     def detect(self, head_outputs, anchors, features, image_sizes) -> List[Dict[str, torch.Tensor]]:
         """Decode boxes: RetinaNet's post-processing on outputs split per level."""
         per_level = [f.shape[-2] * f.shape[-1] * self.anchor_generator.num_anchors_per_location()[0]
@@ -148,11 +158,7 @@ class SpatialFlow(RetinaNet):
         size of a resized image: boxes are scaled and masks pasted at that size)."""
         if self.training and targets is None:
             raise ValueError("targets are needed in training mode")
-        images, feats, towers = self.features(images)
-        head_outputs = {"cls_logits": self.head.classification_head(towers["cls"]),
-                        "bbox_regression": self.head.regression_head(towers["reg"])}
-        anchors = self.anchor_generator(images, feats)
-        stuff_logits = self.stuff_head(towers["stuff"])
+        images, feats, towers, head_outputs, anchors, stuff_logits = self.run_heads(images)
         sizes = images.image_sizes
         if self.training:
             ph, pw = images.tensors.shape[-2:]
@@ -177,9 +183,9 @@ class SpatialFlow(RetinaNet):
                     "loss_stuff": self.stuff_loss_weight * stuff_loss(stuff_logits, sem)}
 
         detections = self.detect(head_outputs, anchors, feats, sizes)
-        mask_logits = self.thing_head(towers["thing"], [d["boxes"] for d in detections], sizes)
-        mask_probs = maskrcnn_inference(mask_logits, [d["labels"] for d in detections])
-        for i, (det, probs, (h, w)) in enumerate(zip(detections, mask_probs, sizes)):
+        masks = self.mask_probs(towers["thing"], [d["boxes"] for d in detections],
+                                [d["labels"] for d in detections], sizes)
+        for i, (det, probs, (h, w)) in enumerate(zip(detections, masks, sizes)):
             logits = stuff_logits[i:i + 1, :, :h, :w]
             if output_sizes is not None and tuple(output_sizes[i]) != (h, w):
                 oh, ow = (int(v) for v in output_sizes[i])
@@ -191,6 +197,20 @@ class SpatialFlow(RetinaNet):
             det["sem_probs"] = logits[0].softmax(dim=0)
         return detections
 
+    def mask_probs(self, thing_features, boxes: List[torch.Tensor], labels: List[torch.Tensor],
+                   image_sizes) -> List[torch.Tensor]:
+        """The thing head's 28x28 mask probabilities (``float[K,1,28,28]`` per image) of the
+        class ``labels`` inside ``boxes`` (pixels of the batched images)."""
+        return maskrcnn_inference(self.thing_head(thing_features, boxes, image_sizes), labels)
+
+    @torch.no_grad()
+    def raw_outputs(self, images: ImageInput):
+        """Eval-mode pieces before masks are pasted, for test-time augmentation:
+        ``(image sizes, thing-tower features, detections, stuff logits)``; detections in the
+        pixels of the (resized) input images, stuff logits at the padded batch size."""
+        images, feats, towers, head_outputs, anchors, stuff_logits = self.run_heads(images)
+        detections = self.detect(head_outputs, anchors, feats, images.image_sizes)
+        return images.image_sizes, towers["thing"], detections, stuff_logits
 
 def build_model(config: Union[Config, ModelConfig], categories: CategoryMap,
                 infer=None) -> SpatialFlow:

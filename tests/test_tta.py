@@ -1,0 +1,113 @@
+"""Multi-scale + flip test-time augmentation (paper Tables II and III)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spatialflow.config import ConfigError, InferConfig, load_config
+from spatialflow.data.categories import CategoryMap
+from spatialflow.data.synthetic import SYNTHETIC_CATEGORIES
+from spatialflow.engine.predict import (augmentations, flip_boxes, predict_image, predict_tta,
+                                        prepare_image)
+from spatialflow.model import build_model
+
+CATS = CategoryMap.from_coco(SYNTHETIC_CATEGORIES)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = build_model(load_config("tiny-cpu"), CATS).eval()
+    m.score_thresh = 0.0  # random weights: keep every candidate so there is something to pool
+    m.detections_per_img = 30
+    return m
+
+
+def image(h=96, w=128, seed=0):
+    return torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def test_augmentations_list_every_scale_and_flip():
+    assert augmentations(InferConfig(), 256, 512) == [(256, 512, False)]
+    assert augmentations(InferConfig(tta_flip=True), 256, 512) == [(256, 512, False),
+                                                                   (256, 512, True)]
+    infer = InferConfig(tta_scales=[[64, 100], [96, 200]], tta_flip=True)
+    assert augmentations(infer, 256, 512) == [(64, 100, False), (64, 100, True),
+                                              (96, 200, False), (96, 200, True)]
+
+
+def test_flip_boxes_mirrors_and_is_its_own_inverse():
+    boxes = torch.tensor([[0.0, 1.0, 10.0, 5.0], [90.0, 2.0, 100.0, 9.0]])
+    assert torch.equal(flip_boxes(boxes, 100), torch.tensor([[90.0, 1.0, 100.0, 5.0],
+                                                             [0.0, 2.0, 10.0, 9.0]]))
+    assert torch.equal(flip_boxes(flip_boxes(boxes, 100), 100), boxes)
+
+
+def test_one_pass_equals_plain_inference(model):
+    """A single scale without flip is the model's own eval output (same boxes, masks, stuff)."""
+    x = image(72, 100)
+    infer = InferConfig(tta_scales=[[96, 400]])
+    tta = predict_tta(model, x, infer)
+    with torch.no_grad():
+        plain = model([prepare_image(x, 96, 400)], output_sizes=[(72, 100)])[0]
+    assert len(plain["boxes"]) > 0
+    for k in ("boxes", "scores", "masks", "sem_probs"):
+        assert tta[k].shape == plain[k].shape
+        assert torch.allclose(tta[k], plain[k], atol=1e-5), k
+    assert torch.equal(tta["labels"], plain["labels"])
+
+
+def test_flip_tta_is_mirror_symmetric(model):
+    """With flip TTA, the prediction for a mirrored image is the mirrored prediction."""
+    x = image()
+    infer = InferConfig(tta_flip=True)
+    a = predict_tta(model, x, infer, test_size=96, max_size=None)
+    b = predict_tta(model, x.flip(-1), infer, test_size=96, max_size=None)
+    assert torch.allclose(b["sem_probs"].flip(-1), a["sem_probs"], atol=1e-5)
+    assert torch.allclose(b["scores"], a["scores"], atol=1e-6)
+    assert torch.allclose(flip_boxes(b["boxes"], 128), a["boxes"], atol=1e-4)
+    assert torch.allclose(b["masks"].flip(-1), a["masks"], atol=1e-5)
+
+
+def test_multi_scale_flip_averages_stuff_and_pools_detections(model):
+    x = image(80, 120, seed=3)
+    infer = InferConfig(tta_scales=[[64, 400], [112, 400]], tta_flip=True)
+    out = predict_tta(model, x, infer)
+    passes = []
+    with torch.no_grad():
+        for short, cap, flip in augmentations(infer, 0, None):
+            z = prepare_image(x, short, cap)
+            o = model([z.flip(-1) if flip else z])[0]
+            sem = o["sem_probs"].flip(-1) if flip else o["sem_probs"]
+            sem = F.interpolate(sem.log()[None], size=(80, 120), mode="bilinear")[0].softmax(0)
+            passes.append((o, sem))
+    assert out["sem_probs"].shape == (CATS.num_sem_classes, 80, 120)
+    assert torch.allclose(out["sem_probs"], torch.stack([s for _, s in passes]).mean(0),
+                          atol=1e-4)
+    assert torch.allclose(out["sem_probs"].sum(0), torch.ones(80, 120), atol=1e-5)
+    # detections: at most detections_per_img, each one found by some pass, the best one kept
+    pooled = torch.cat([o["scores"] for o, _ in passes])
+    assert 0 < len(out["scores"]) <= model.detections_per_img
+    assert torch.isin(out["scores"], pooled).all()
+    assert out["scores"][0] == pooled.max()
+    assert (out["scores"][:-1] >= out["scores"][1:]).all()
+    assert out["masks"].shape == (len(out["scores"]), 1, 80, 120)
+    assert out["masks"].min() >= 0 and out["masks"].max() <= 1
+
+
+def test_predict_image_uses_tta_when_asked(model):
+    x = image(64, 64, seed=5)
+    infer = InferConfig(tta_flip=True, stuff_area=0)
+    out, pan, segments = predict_image(model, x, CATS, infer, test_size=64)
+    assert torch.equal(out["sem_probs"], predict_tta(model, x, infer, 64)["sem_probs"])
+    assert pan.shape == (64, 64) and segments
+
+
+def test_tta_scales_are_checked():
+    with pytest.raises(ConfigError, match="infer.tta_scales"):
+        load_config("tiny-cpu", ["infer.tta_scales=[[800]]"])
+    with pytest.raises(ConfigError, match="infer.tta_scales"):
+        load_config("tiny-cpu", ["infer.tta_scales=[[800, -1]]"])
+    cfg = load_config("tiny-cpu", ["infer.tta_scales=[[200, 300], [256, 400]]",
+                                   "infer.tta_flip=true"])
+    assert cfg.infer.tta_scales == [[200, 300], [256, 400]] and cfg.infer.tta_flip
