@@ -45,6 +45,7 @@ def test_yaml_file_with_base_preset(tmp_path):
     ("model.subnets=1", "model.subnets"),
     ("data.min_size=800", "data.min_size"),
     ("nonsense=1", "nonsense"),
+    ("train.optimizer=adam", "train.optimizer"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -32,6 +32,18 @@ def fast(data_root, *extra):
     return load_config("tiny-cpu", FAST + [f"data.root={data_root}", *extra])
 
 
+def test_optimizers():
+    from spatialflow.engine.train import build_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    sgd = build_optimizer(params, load_config("tiny-cpu", ["train.batch_size=8"]))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
+    assert sgd.defaults["lr"] == pytest.approx(0.02)  # 0.01 for 4 images, scaled to 8
+    adamw = build_optimizer(params, load_config("tiny-cpu", ["train.optimizer=adamw",
+                                                             "train.lr=0.001"]))
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 1e-4
+
+
 def test_schedule_and_batches():
     def lrs(warmup):
         opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
