@@ -73,7 +73,11 @@ def test_schedule_and_batches():
 
 def test_resume_continues_exactly(data_root, tmp_path):
     cfg = fast(data_root, "train.max_iters=12")
-    train(cfg, tmp_path / "straight", progress=False, evaluate_at_end=False)
+    records = []
+    train(cfg, tmp_path / "straight", progress=False, evaluate_at_end=False,
+          on_log=records.append)
+    lines = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    assert [r["iter"] for r in records] == [5, 10, 12] and records == [json.loads(x) for x in lines]
     train(cfg, tmp_path / "split", progress=False, evaluate_at_end=False, stop_at=6)
     assert load_checkpoint(tmp_path / "split" / "checkpoint_last.pt")["iteration"] == 6
     assert not (tmp_path / "split" / "model_final.pt").exists()

@@ -213,20 +213,24 @@ def _to(targets, device):
             for t in targets]
 
 
-def _log(path: Path, record: dict) -> None:
+def _log(path: Path, record: dict, on_log=None) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+    if on_log is not None:
+        on_log(record)
 
 
 def train(config, out, resume: bool = False, device: Optional[str] = None,
           progress: bool = True, evaluate_at_end: bool = True,
-          stop_at: Optional[int] = None) -> Path:
+          stop_at: Optional[int] = None, on_log=None) -> Path:
     """Train a model as ``config`` says into the run folder ``out``; returns ``out``.
 
     Under ``torchrun`` the processes share the work (gloo on CPU, NCCL on GPU), each taking
     ``train.batch_size / world_size`` images of every global batch. ``resume=True`` continues
     from ``out/checkpoint_last.pt`` with the run's saved config. ``stop_at``: leave after that
     iteration with a checkpoint, as an interrupted run would (``resume`` goes on from there).
+    ``on_log``: called on process 0 with each record written to ``metrics.jsonl`` (loss terms
+    every ``train.log_every`` iterations, metrics at each evaluation), e.g. to draw live curves.
     """
     run = Path(out)
     rank, world, local_rank = dist_info()
@@ -299,7 +303,7 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
                                cfg.data.test_size, cfg.data.max_size, device, progress=progress)
             _log(run / "metrics.jsonl", {"iter": it, "eval": {
                 k: metrics["panoptic"][k] for k in ("All", "Things", "Stuff")},
-                "bbox": metrics["bbox"]})
+                "bbox": metrics["bbox"]}, on_log)
             print(format_metrics(metrics))
         model.train()
         _barrier()
@@ -338,7 +342,8 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
                 if rank == 0:
                     _log(run / "metrics.jsonl", {"iter": it, "lr": scheduler.get_last_lr()[0],
                                                  "loss": sum(values.values()), **values,
-                                                 "images_per_s": rate, "skipped": skipped})
+                                                 "images_per_s": rate, "skipped": skipped},
+                         on_log)
             if it % t.checkpoint_every == 0 or it == total or it == stop_at:
                 checkpoint(it)
             if it == stop_at and it < total:
