@@ -1,0 +1,231 @@
+"""The paper's studies as functions the notebooks call: the ablation variants of Tables V and IX
+and Fig. 4, the loss-balance sweep of Table IV, accuracy against image scale and speed
+(Table XI), and the paper's published figures to show next to ours.
+
+:func:`run_study` trains every (variant, seed) into its own run folder under one study folder
+and caches it there: a finished run is read back, an interrupted one resumed, so re-running a
+notebook re-uses everything already computed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from spatialflow.config import load_config
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of a study: a name and the config overrides that make it."""
+    name: str
+    overrides: Tuple[str, ...] = ()
+
+
+_NO_FLOWS = ("model.flows.reg_to_cls=false", "model.flows.reg_to_stuff=false",
+             "model.flows.reg_to_thing=false", "model.flows.stuff_to_thing=false")
+
+
+def components_variants() -> List[Variant]:
+    """Table V / VI: the naive baseline, + sub-networks, + spatial flows, + both.
+
+    Without sub-networks only the reg->cls flow exists in this implementation (the thing and
+    stuff heads then read the FPN levels directly), so the 'spatial flows' row is that flow.
+    """
+    return [Variant("baseline", ("model.subnets=false",) + _NO_FLOWS),
+            Variant("+ sub-networks", ("model.subnets=true",) + _NO_FLOWS),
+            Variant("+ spatial flows", ("model.subnets=false",)),
+            Variant("+ both", ("model.subnets=true",))]
+
+
+def flows_variants() -> List[Variant]:
+    """Table IX / X: sub-networks without flows, then each flow added to the row above."""
+    rows, on = [Variant("-", ("model.subnets=true",) + _NO_FLOWS)], list(_NO_FLOWS)
+    for flow, name in (("reg_to_cls", "+ reg-cls"), ("reg_to_stuff", "+ reg-stuff"),
+                       ("reg_to_thing", "+ reg-thing"), ("stuff_to_thing", "+ stuff-thing")):
+        on = [o for o in on if f".{flow}=" not in o]
+        rows.append(Variant(name, ("model.subnets=true",) + tuple(on)))
+    return rows
+
+
+def fig4_variants() -> List[Variant]:
+    """Fig. 4: the base model (sub-networks, no flows), the cls-flows control and the spatial
+    flows model."""
+    return [Variant("base", ("model.subnets=true",) + _NO_FLOWS),
+            Variant("cls flows", ("model.subnets=true", "model.flows.source=cls")),
+            Variant("spatial flows", ("model.subnets=true", "model.flows.source=reg"))]
+
+
+def lambda_variants(lambdas: Sequence[float]) -> List[Variant]:
+    """Table IV: one variant per value of lambda (the stuff loss weight of eq 6)."""
+    return [Variant(f"lambda={lam:g}", (f"model.stuff_loss_weight={lam}",)) for lam in lambdas]
+
+
+# The paper's figures (COCO val, ResNet-50; PQ, PQ_Th, PQ_St), to show next to measured ones.
+PAPER = {
+    "table_iv": [{"lambda": lam, "pq": a, "pq_th": b, "pq_st": c} for lam, a, b, c in (
+        (1.0, 37.5, 41.8, 30.9), (0.75, 38.2, 43.0, 31.1), (0.5, 38.8, 44.0, 31.0),
+        (0.3, 39.1, 44.5, 30.9), (0.25, 39.3, 45.1, 30.5), (0.2, 39.0, 44.9, 30.0))],
+    "table_v": [{"variant": v, "pq": a, "pq_th": b, "pq_st": c} for v, a, b, c in (
+        ("baseline", 39.7, 46.0, 30.2), ("+ sub-networks", 40.3, 46.2, 31.4),
+        ("+ spatial flows", 40.2, 46.5, 30.7), ("+ both", 40.9, 46.8, 31.9))],
+    "table_ix": [{"variant": v, "pq": a, "pq_th": b, "pq_st": c} for v, a, b, c in (
+        ("-", 40.3, 46.2, 31.4), ("+ reg-cls", 40.5, 46.6, 31.4),
+        ("+ reg-stuff", 40.7, 46.3, 32.0), ("+ reg-thing", 40.7, 46.4, 31.8),
+        ("+ stuff-thing", 40.9, 46.8, 31.9))],
+    # Table XI: FPS on one V100
+    "table_xi": [{"name": n, "scale": s, "pq": a, "pq_th": b, "pq_st": c, "fps": f}
+                 for n, s, a, b, c, f in (
+                     ("PanopticFPN R50", 800, 39.0, 45.9, 27.9, 18.9),
+                     ("UPSNet R50", 800, 42.5, 48.5, 33.4, 9.1),
+                     ("DeeperLab X71", 641, 34.3, 37.5, 29.6, 10.6),
+                     ("SpatialFlow R50", 800, 40.9, 46.8, 31.9, 10.3),
+                     ("SpatialFlow R50", 600, 40.3, 45.6, 32.2, 13.0),
+                     ("SpatialFlow R50", 400, 37.4, 41.5, 31.4, 19.6))],
+}
+
+
+def slug(name: str) -> str:
+    """A folder name for a variant name (``'+ reg-cls'`` -> ``'reg-cls'``)."""
+    return re.sub(r"[^A-Za-z0-9.=_-]+", "_", name).strip("_") or "variant"
+
+
+def metrics_row(metrics: dict) -> dict:
+    """PQ / SQ / RQ (All, Things, Stuff) and box AP of an evaluation, in percent."""
+    p = metrics["panoptic"]
+    row = {}
+    for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+        for k in ("pq", "sq", "rq"):
+            row[k + suffix] = 100 * p[group][k]
+    row["ap"] = 100 * metrics["bbox"]["AP"]
+    return row
+
+
+def run_study(variants: Sequence[Variant], seeds: Sequence[int], out, base="tiny-cpu",
+              overrides: Sequence[str] = (), progress: bool = True,
+              train_fn: Optional[Callable] = None) -> List[dict]:
+    """Train and evaluate each variant with each seed; returns one row per run: ``variant``,
+    ``seed``, ``run`` (its folder) and :func:`metrics_row`'s keys.
+
+    Runs go to ``out/<variant>/seed<k>``, all on one data set (``data.root`` from
+    ``overrides``, or the base config's synthetic data written once to ``out/data``). A run
+    whose ``eval/final/metrics.json`` exists is read back instead of trained again; one with a
+    checkpoint is resumed. ``base`` is a preset name or YAML file; ``overrides`` apply to every
+    run before the variant's own.
+    """
+    from spatialflow.engine.train import CHECKPOINT, FINAL, prepare_data, train
+
+    train_fn = train_fn or train
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    common = load_config(base, list(overrides))
+    root = prepare_data(common, out)
+    rows = []
+    for variant in variants:
+        for seed in seeds:
+            run = out / slug(variant.name) / f"seed{seed}"
+            done = run / "eval" / "final" / "metrics.json"
+            if not done.is_file():
+                if (run / FINAL).is_file():
+                    raise FileExistsError(f"{run}: trained but not evaluated; remove it to retrain")
+                cfg = load_config(base, [*overrides, *variant.overrides, f"train.seed={seed}",
+                                         f"data.root={root}"])
+                train_fn(cfg, run, resume=(run / CHECKPOINT).is_file(), progress=progress,
+                         evaluate_at_end=False)
+                _evaluate_run(run, done, progress)
+            metrics = json.loads(done.read_text())
+            rows.append({"variant": variant.name, "seed": seed, "run": str(run),
+                         **metrics_row(metrics)})
+    return rows
+
+
+def _evaluate_run(run: Path, done: Path, progress: bool) -> dict:
+    from spatialflow.data.coco_panoptic import CocoPanopticDataset
+    from spatialflow.engine.train import load_run
+    from spatialflow.evaluation import evaluate
+
+    cfg, model, _ = load_run(run)
+    val = CocoPanopticDataset.from_root(cfg.data.root, cfg.data.val_split)
+    return evaluate(model, val, done.parent, cfg.infer, cfg.data.test_size, cfg.data.max_size,
+                    progress=progress)
+
+
+def speed_vs_scale(model, dataset, scales: Sequence[int], infer=None,
+                   max_size_ratio: float = 1333 / 800, max_images: Optional[int] = None,
+                   out=None, device: str = "cpu", progress: bool = True) -> List[dict]:
+    """Table XI on this machine: for each test scale (shorter edge; longer edge capped at
+    ``max_size_ratio`` times it), PQ on ``dataset`` and images per second of inference
+    (network + mask pasting + panoptic merge, after one warm-up image; reading and writing
+    files not counted). Rows: ``scale``, ``images_per_s``, ``seconds``, ``images`` and
+    :func:`metrics_row`'s keys."""
+    import tempfile
+
+    import torch
+
+    from spatialflow.config import InferConfig
+    from spatialflow.engine.predict import predict_image
+    from spatialflow.evaluation import PanopticEvaluator
+
+    infer = infer or InferConfig()
+    n = len(dataset) if max_images is None else min(max_images, len(dataset))
+    rows = []
+    for scale in scales:
+        cap = int(round(scale * max_size_ratio))
+        folder = Path(out) / f"scale{scale}" if out else Path(tempfile.mkdtemp(prefix="speed"))
+        evaluator = PanopticEvaluator(dataset, folder)
+        seconds = 0.0
+        for k, idx in enumerate(_progress(range(n), f"{scale}px", progress)):
+            image, _, rec = dataset.load(idx)
+            x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
+            if k == 0:  # warm-up
+                predict_image(model, x, dataset.categories, infer, scale, cap, device)
+            start = time.perf_counter()
+            output, pan, segments = predict_image(model, x, dataset.categories, infer, scale,
+                                                  cap, device)
+            seconds += time.perf_counter() - start
+            evaluator.add(rec, output, pan, segments)
+        metrics = evaluator.compute()
+        rows.append({"scale": scale, "images": n, "seconds": seconds,
+                     "images_per_s": n / max(seconds, 1e-9), **metrics_row(metrics)})
+    return rows
+
+
+def _progress(items, desc: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(items, desc=desc, unit="img", disable=not enabled)
+
+
+def summarize(rows: Sequence[dict], keys: Sequence[str] = ("pq", "pq_th", "pq_st"),
+              by: str = "variant") -> List[dict]:
+    """Mean, standard deviation (n-1; 0 for one seed), min, max and n of ``keys`` per ``by``
+    value, in first-seen order."""
+    import statistics
+
+    groups: Dict[str, List[dict]] = {}
+    for r in rows:
+        groups.setdefault(r[by], []).append(r)
+    table = []
+    for name, group in groups.items():
+        entry = {by: name, "n": len(group)}
+        for k in keys:
+            values = [float(r[k]) for r in group]
+            entry[f"{k}_mean"] = statistics.fmean(values)
+            entry[f"{k}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            entry[f"{k}_min"], entry[f"{k}_max"] = min(values), max(values)
+        table.append(entry)
+    return table
+
+
+def format_summary(table: Sequence[dict], keys: Sequence[str] = ("pq", "pq_th", "pq_st"),
+                   by: str = "variant") -> str:
+    """A markdown table of :func:`summarize` (mean +- std over n seeds)."""
+    head = f"| {by} | n | " + " | ".join(keys) + " |"
+    lines = [head, "|---|---:|" + "---:|" * len(keys)]
+    for e in table:
+        cells = [f"{e[k + '_mean']:.1f} ± {e[k + '_std']:.1f}" for k in keys]
+        lines.append(f"| {e[by]} | {e['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
