@@ -47,15 +47,83 @@ def pq(gt_json, gt_dir, pred_json, pred_dir) -> dict:
     by_image = {a["image_id"]: a for a in pred["annotations"]}
     matched = [(a, by_image[a["image_id"]]) for a in gt["annotations"]]
     stat = _quiet(pq_compute_multi_core, matched, str(gt_dir), str(pred_dir), categories)
+    return _pq_groups(stat, categories)
+
+
+def _pq_groups(stat, categories: dict) -> dict:
+    """All / Things / Stuff (and per class) of a panopticapi ``PQStat``; a group with no class
+    is ``{"pq": 0, "sq": 0, "rq": 0, "n": 0}`` (``pq_average`` divides by zero there)."""
     results = {}
     for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
         try:
             results[name], per_class = stat.pq_average(categories, isthing=isthing)
         except ZeroDivisionError:
             results[name], per_class = {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0}, {}
+        results[name] = {k: (int(v) if k == "n" else float(v)) for k, v in results[name].items()}
         if name == "All":
-            results["per_class"] = per_class
+            results["per_class"] = {c: {k: float(v) for k, v in r.items()}
+                                    for c, r in per_class.items()}
     return results
+
+
+def image_pq(gt_pan, gt_segments, pred_pan, pred_segments, categories) -> dict:
+    """PQ / SQ / RQ of ONE image, scored by panopticapi's own code.
+
+    Both id maps are written as COCO panoptic PNGs into a temporary folder and scored with
+    ``panopticapi.evaluation.pq_compute_single_core``; ``PQStat.pq_average`` then gives the
+    groups. A group without any class in this image (e.g. no thing in ground truth nor
+    prediction) is ``{"pq": 0, "sq": 0, "rq": 0, "n": 0}``, as in :func:`pq`.
+
+    Args:
+        gt_pan, pred_pan: ``int[H,W]`` segment id maps (0 = VOID) of the same size.
+        gt_segments, pred_segments: their ``segments_info`` (``id``, ``category_id``, optional
+            ``iscrowd``); areas are taken from the maps, and segments without a pixel are left
+            out (a ground-truth one would otherwise count as missed).
+        categories: a :class:`CategoryMap`, a COCO ``categories`` list, or ``{id: category}``.
+
+    Returns:
+        ``{"All", "Things", "Stuff": {pq, sq, rq, n}, "per_class": {category id: {pq, sq, rq}}}``
+        with values in [0, 1], like :func:`pq`.
+
+    Raises:
+        ValueError: the maps differ in size, or a map holds an id missing from its segments.
+    """
+    import tempfile
+
+    from panopticapi.evaluation import pq_compute_single_core
+
+    from spatialflow.data.panoptic_io import attach_stats
+
+    if isinstance(categories, CategoryMap):
+        cats = {c["id"]: c for c in categories.to_coco()}
+    elif isinstance(categories, dict):
+        cats = {int(k): dict(v) for k, v in categories.items()}
+    else:
+        cats = {c["id"]: dict(c) for c in categories}
+    gt_pan, pred_pan = np.asarray(gt_pan, np.int64), np.asarray(pred_pan, np.int64)
+    if gt_pan.shape != pred_pan.shape:
+        raise ValueError(f"ground truth is {gt_pan.shape}, the prediction {pred_pan.shape}")
+    anns = []
+    for what, pan, segments in (("ground truth", gt_pan, gt_segments),
+                                ("prediction", pred_pan, pred_segments)):
+        segs = [{"id": int(s["id"]), "category_id": int(s["category_id"]),
+                 "iscrowd": int(s.get("iscrowd", 0))} for s in segments]
+        missing = set(np.unique(pan).tolist()) - {0} - {s["id"] for s in segs}
+        if missing:
+            raise ValueError(f"{what}: id(s) {sorted(missing)[:10]} of the map are not in its "
+                             f"segments")
+        segs = attach_stats(pan, segs)
+        for s in segs:
+            if s["category_id"] not in cats:
+                raise ValueError(f"{what}: segment {s['id']} has unknown category_id "
+                                 f"{s['category_id']}")
+        anns.append({"image_id": 0, "file_name": f"{what.replace(' ', '_')}.png",
+                     "segments_info": segs})
+    with tempfile.TemporaryDirectory(prefix="image_pq_") as tmp:
+        for ann, pan in zip(anns, (gt_pan, pred_pan)):
+            write_panoptic_png(Path(tmp) / ann["file_name"], pan)
+        stat = _quiet(pq_compute_single_core, 0, [tuple(anns)], tmp, tmp, cats)
+    return _pq_groups(stat, cats)
 
 
 def gt_boxes_from_panoptic(panoptic: dict, categories: CategoryMap,

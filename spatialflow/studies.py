@@ -199,33 +199,57 @@ def _progress(items, desc: str, enabled: bool):
     return tqdm(items, desc=desc, unit="img", disable=not enabled)
 
 
-def summarize(rows: Sequence[dict], keys: Sequence[str] = ("pq", "pq_th", "pq_st"),
-              by: str = "variant") -> List[dict]:
-    """Mean, standard deviation (n-1; 0 for one seed), min, max and n of ``keys`` per ``by``
-    value, in first-seen order."""
+def _stats(values: Sequence) -> dict:
+    """mean, sample std (0 for one value), min, max and n of the values that are not None/NaN."""
+    import math
     import statistics
 
-    groups: Dict[str, List[dict]] = {}
+    v = [float(x) for x in values if x is not None and not math.isnan(float(x))]
+    if not v:
+        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "n": 0}
+    return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+            "min": min(v), "max": max(v), "n": len(v)}
+
+
+def group_rows(rows: Sequence[dict], key: str, order: Optional[Sequence] = None) -> Dict:
+    """Rows grouped by ``row[key]``: the values of ``order`` first, then the others in order of
+    first appearance. Raises ``ValueError`` for a row without ``key`` or an ``order`` value
+    without rows."""
+    groups: Dict = {}
     for r in rows:
-        groups.setdefault(r[by], []).append(r)
-    table = []
-    for name, group in groups.items():
-        entry = {by: name, "n": len(group)}
-        for k in keys:
-            values = [float(r[k]) for r in group]
-            entry[f"{k}_mean"] = statistics.fmean(values)
-            entry[f"{k}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-            entry[f"{k}_min"], entry[f"{k}_max"] = min(values), max(values)
-        table.append(entry)
-    return table
+        if key not in r:
+            raise ValueError(f"a row has no '{key}': {r}")
+        groups.setdefault(r[key], []).append(r)
+    if order is None:
+        return groups
+    unknown = [v for v in order if v not in groups]
+    if unknown:
+        raise ValueError(f"no rows for {key} {unknown} (have: {list(groups)})")
+    return {**{v: groups[v] for v in order}, **{v: g for v, g in groups.items() if v not in order}}
 
 
-def format_summary(table: Sequence[dict], keys: Sequence[str] = ("pq", "pq_th", "pq_st"),
+def summarize(rows: Sequence[dict], metrics: Sequence[str] = ("pq", "pq_th", "pq_st"),
+              by: str = "variant", order: Optional[Sequence] = None) -> List[dict]:
+    """Per value of ``by`` (a variant, a lambda), the statistics of each metric over its rows
+    (seeds): ``[{by, "seeds": [...], <metric>: {"mean", "std", "min", "max", "n"}}, ...]``;
+    ``std`` is the sample standard deviation (0 for one run); missing or NaN values are left
+    out (none at all gives NaN with n = 0)."""
+    out = []
+    for value, group in group_rows(rows, by, order).items():
+        entry = {by: value, "seeds": [r.get("seed") for r in group]}
+        for m in metrics:
+            entry[m] = _stats([r.get(m) for r in group])
+        out.append(entry)
+    return out
+
+
+def format_summary(table: Sequence[dict], metrics: Sequence[str] = ("pq", "pq_th", "pq_st"),
                    by: str = "variant") -> str:
-    """A markdown table of :func:`summarize` (mean +- std over n seeds)."""
-    head = f"| {by} | n | " + " | ".join(keys) + " |"
-    lines = [head, "|---|---:|" + "---:|" * len(keys)]
+    """A markdown table of :func:`summarize`: mean ± std over n runs per metric."""
+    lines = [f"| {by} | n | " + " | ".join(metrics) + " |",
+             "|---|---:|" + "---:|" * len(metrics)]
     for e in table:
-        cells = [f"{e[k + '_mean']:.1f} ± {e[k + '_std']:.1f}" for k in keys]
-        lines.append(f"| {e[by]} | {e['n']} | " + " | ".join(cells) + " |")
+        n = max(e[m]["n"] for m in metrics)
+        cells = [f"{e[m]['mean']:.1f} ± {e[m]['std']:.1f}" for m in metrics]
+        lines.append(f"| {e[by]} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -40,17 +40,13 @@ def test_fig4_and_lambda_variants():
     assert slug("+ reg-cls") == "reg-cls" and slug("lambda=0.25") == "lambda=0.25"
 
 
-def test_summarize_mean_and_spread():
+def test_format_summary():
     rows = [{"variant": "a", "pq": 10.0, "pq_th": 1.0, "pq_st": 5.0},
-            {"variant": "b", "pq": 7.0, "pq_th": 2.0, "pq_st": 6.0},
-            {"variant": "a", "pq": 14.0, "pq_th": 3.0, "pq_st": 5.0}]
-    table = summarize(rows)
-    assert [e["variant"] for e in table] == ["a", "b"] and [e["n"] for e in table] == [2, 1]
-    assert table[0]["pq_mean"] == 12.0 and table[0]["pq_std"] == pytest.approx(2 ** 1.5)
-    assert table[0]["pq_min"] == 10.0 and table[0]["pq_max"] == 14.0
-    assert table[1]["pq_std"] == 0.0
-    text = format_summary(table)
-    assert "| a | 2 | 12.0 ± 2.8 |" in text and text.count("\n") == 3
+            {"variant": "a", "pq": 14.0, "pq_th": 3.0, "pq_st": 5.0},
+            {"variant": "b", "pq": 7.0, "pq_th": 2.0, "pq_st": 6.0}]
+    text = format_summary(summarize(rows))
+    assert "| a | 2 | 12.0 ± 2.8 | 2.0 ± 1.4 | 5.0 ± 0.0 |" in text
+    assert "| b | 1 | 7.0 ± 0.0 |" in text and text.count("\n") == 3
 
 
 @pytest.fixture(scope="module")

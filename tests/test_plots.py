@@ -1,0 +1,190 @@
+"""The figures of viz.plots, checked by their contents (lines' data, bars, error bars, labels),
+never by pixels."""
+
+import base64
+import json
+import math
+
+import ipywidgets
+import numpy as np
+import pytest
+from matplotlib.container import BarContainer, ErrorbarContainer
+from matplotlib.figure import Figure
+
+from viz.plots import (LiveCurves, ablation_bars, accuracy_speed_plot, lambda_plot,
+                       read_metrics, training_curves)
+from spatialflow.studies import summarize
+
+
+def loss_record(it, loss=1.0, lr=0.01):
+    return {"iter": it, "lr": lr, "loss": loss, "loss_cls": loss / 2, "loss_reg": loss / 4,
+            "loss_thing": loss / 8, "loss_stuff": loss / 8, "images_per_s": 3.0, "skipped": 0}
+
+
+def eval_record(it, pq, th, st):
+    group = lambda v: {"pq": v, "sq": 0.8, "rq": 0.5, "n": 2}
+    return {"iter": it, "eval": {"All": group(pq), "Things": group(th), "Stuff": group(st)},
+            "bbox": {"AP": 0.1}}
+
+
+RECORDS = [loss_record(10, 3.0, 0.001), loss_record(20, 2.0, 0.002), eval_record(20, 0.1, 0.05, 0.2),
+           loss_record(30, 1.0, 0.002), eval_record(30, 0.3, 0.2, 0.4)]
+
+
+def lines(ax):
+    return {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.lines}
+
+
+def bars(ax):
+    return [c for c in ax.containers if isinstance(c, BarContainer)]
+
+
+def series(ax):
+    """``{label: (x, y)}`` of the errorbar plots of an axes."""
+    return {c.get_label(): (list(c.lines[0].get_xdata()), list(c.lines[0].get_ydata()))
+            for c in ax.containers if isinstance(c, ErrorbarContainer)}
+
+
+def test_training_curves_from_records():
+    fig = training_curves(RECORDS)
+    assert isinstance(fig, Figure) and len(fig.axes) == 3
+    ax_loss, ax_lr, ax_pq = fig.axes
+    got = lines(ax_loss)
+    assert set(got) == {"loss", "loss_cls", "loss_reg", "loss_thing", "loss_stuff"}
+    assert got["loss"] == ([10, 20, 30], [3.0, 2.0, 1.0])
+    assert got["loss_cls"][1] == [1.5, 1.0, 0.5]
+    assert lines(ax_lr)["lr"] == ([10, 20, 30], [0.001, 0.002, 0.002])
+    pq = lines(ax_pq)
+    assert pq["PQ"][0] == [20, 30] and pq["PQ"][1] == pytest.approx([10.0, 30.0])  # percent
+    assert pq["PQ_Th"][1] == pytest.approx([5.0, 20.0])
+    assert pq["PQ_St"][1] == pytest.approx([20.0, 40.0])
+    assert ax_loss.get_xlabel() == "iteration" and ax_pq.get_ylabel() == "PQ (%)"
+    assert ax_lr.get_ylabel() == "learning rate"
+
+
+def test_training_curves_from_a_run_dir_resumed_and_being_written(tmp_path):
+    resumed = RECORDS[:3] + [loss_record(20, 5.0)] + RECORDS[3:]   # iteration 20 again
+    text = "\n".join(json.dumps(r) for r in resumed) + '\n{"iter": 40, "lo'
+    (tmp_path / "metrics.jsonl").write_text(text)
+    assert len(read_metrics(tmp_path)) == len(resumed)
+    fig = training_curves(tmp_path)
+    assert lines(fig.axes[0])["loss"] == ([10, 20, 30], [3.0, 5.0, 1.0])   # the later one wins
+    empty = training_curves(tmp_path / "nothing")
+    assert not empty.axes[0].lines and not empty.axes[2].lines
+    assert "no evaluation yet" in [t.get_text() for t in empty.axes[2].texts]
+
+
+def test_live_curves_redraw_into_an_output_widget():
+    live = LiveCurves(every=2)
+    assert isinstance(live.widget, ipywidgets.Output)
+    for r in RECORDS:
+        live(r)
+    # every 2nd loss record (the one of iteration 20) + both evaluations -> 3 draws
+    assert live.draws == 3 and len(live.records) == len(RECORDS)
+    (out,) = live.widget.outputs
+    assert base64.b64decode(out["data"]["image/png"])[:4] == b"\x89PNG"
+    assert lines(live.figure.axes[2])["PQ"][0] == [20, 30]
+    live(loss_record(40, 0.5))
+    live(loss_record(50, 0.4))
+    assert live.draws == 4 and lines(live.figure.axes[0])["loss"][0] == [10, 20, 30, 40]
+    live.redraw()                                             # the 5th loss record: not due
+    assert live.draws == 5 and lines(live.figure.axes[0])["loss"][0] == [10, 20, 30, 40, 50]
+
+
+def test_live_curves_update_a_display_handle():
+    class Handle:
+        def __init__(self):
+            self.shown = []
+
+        def update(self, obj):
+            self.shown.append(obj)
+
+    handle = Handle()
+    live = LiveCurves(handle)
+    for r in RECORDS[:2]:
+        live(r)
+    assert len(handle.shown) == 2 and handle.shown[-1].data[:4] == b"\x89PNG"
+
+
+ROWS = [
+    {"variant": "baseline", "seed": 0, "pq": 30.0, "pq_th": 25.0, "pq_st": 40.0},
+    {"variant": "baseline", "seed": 1, "pq": 32.0, "pq_th": 27.0, "pq_st": 40.0},
+    {"variant": "baseline", "seed": 2, "pq": 34.0, "pq_th": 29.0, "pq_st": 40.0},
+    {"variant": "flows", "seed": 0, "pq": 36.0, "pq_th": 33.0, "pq_st": 41.0},
+    {"variant": "flows", "seed": 1, "pq": 38.0, "pq_th": None, "pq_st": 43.0},
+    {"variant": "subnets", "seed": 0, "pq": 33.0, "pq_th": 30.0, "pq_st": 39.0},
+]
+
+
+def test_summarize_numbers():
+    s = summarize(ROWS)
+    assert [e["variant"] for e in s] == ["baseline", "flows", "subnets"]
+    base, flows, sub = s
+    assert base["seeds"] == [0, 1, 2]
+    assert base["pq"] == {"mean": 32.0, "std": 2.0, "min": 30.0, "max": 34.0, "n": 3}
+    assert base["pq_st"]["std"] == 0.0
+    assert flows["pq"]["mean"] == 37.0 and flows["pq"]["std"] == pytest.approx(math.sqrt(2))
+    assert flows["pq_th"] == {"mean": 33.0, "std": 0.0, "min": 33.0, "max": 33.0, "n": 1}
+    assert sub["pq"]["n"] == 1 and sub["pq"]["std"] == 0.0
+    ordered = summarize(ROWS, order=["subnets", "baseline"])
+    assert [e["variant"] for e in ordered] == ["subnets", "baseline", "flows"]
+    with pytest.raises(ValueError, match="no rows"):
+        summarize(ROWS, order=["typo"])
+    assert math.isnan(summarize([{"variant": "x"}], metrics=("pq",))[0]["pq"]["mean"])
+
+
+def test_ablation_bars_contents():
+    order = ["baseline", "subnets", "flows"]
+    fig = ablation_bars(ROWS, order=order)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 3 * 3 and len(bars(ax)) == 3
+    assert [t.get_text() for t in ax.get_xticklabels()] == order
+    assert [c.get_label() for c in bars(ax)] == ["PQ", "PQ_Th", "PQ_St"]
+    pq_bars = bars(ax)[0]
+    assert [b.get_height() for b in pq_bars] == pytest.approx([32.0, 33.0, 37.0])
+    # error bar of the baseline's PQ bar: mean +- std = 30 .. 34
+    segs = pq_bars.errorbar.lines[2][0].get_segments()
+    assert segs[0][:, 1] == pytest.approx([30.0, 34.0])
+    assert segs[2][:, 1] == pytest.approx([37 - math.sqrt(2), 37 + math.sqrt(2)])
+    assert ax.get_ylabel() == "PQ"
+    fig = ablation_bars(ROWS, metrics=("pq",), error="minmax")
+    ax = fig.axes[0]
+    assert len(ax.patches) == 3
+    segs = bars(ax)[0].errorbar.lines[2][0].get_segments()
+    assert segs[1][:, 1] == pytest.approx([36.0, 38.0])          # flows: min .. max
+    with pytest.raises(ValueError):
+        ablation_bars(ROWS, error="sem")
+
+
+def test_accuracy_speed_plot():
+    rows = [{"name": "ours r18", "fps": 2.5, "pq": 30.0, "source": "measured"},
+            {"name": "SpatialFlow 800", "fps": 10.0, "pq": 40.9, "source": "paper"},
+            {"name": "SpatialFlow 400", "fps": 19.6, "pq": 37.4, "source": "paper"}]
+    ax = accuracy_speed_plot(rows).axes[0]
+    by_label = {c.get_label(): c for c in ax.collections}
+    assert set(by_label) == {"measured", "paper"}
+    assert by_label["paper"].get_offsets().tolist() == [[10.0, 40.9], [19.6, 37.4]]
+    assert by_label["measured"].get_offsets().tolist() == [[2.5, 30.0]]
+    marker_paths = {k: c.get_paths()[0].vertices.tolist() for k, c in by_label.items()}
+    assert marker_paths["measured"] != marker_paths["paper"]      # different markers
+    assert [t.get_text() for t in ax.texts] == ["ours r18", "SpatialFlow 800", "SpatialFlow 400"]
+    assert ax.get_xlabel().startswith("speed") and ax.get_ylabel() == "PQ"
+    with pytest.raises(ValueError):
+        accuracy_speed_plot([{"name": "x", "fps": 1, "pq": 1, "source": "guess"}])
+
+
+def test_lambda_plot():
+    rows = [{"lambda": 1.0, "seed": 0, "pq_th": 40.0, "pq_st": 30.0},
+            {"lambda": 0.25, "seed": 0, "pq_th": 42.0, "pq_st": 33.0},
+            {"lambda": 0.25, "seed": 1, "pq_th": 44.0, "pq_st": 35.0},
+            {"lambda": 0.5, "seed": 0, "pq_th": 41.0, "pq_st": 32.0}]
+    ax = lambda_plot(rows).axes[0]
+    got = series(ax)
+    assert got["PQ_Th"] == ([0.25, 0.5, 1.0], [43.0, 41.0, 40.0])
+    assert got["PQ_St"] == ([0.25, 0.5, 1.0], [34.0, 32.0, 30.0])
+    bars = ax.containers[0].lines[2][0].get_segments()           # +- std where 2 seeds
+    assert bars[0][:, 1] == pytest.approx([43 - math.sqrt(2), 43 + math.sqrt(2)])
+    assert ax.get_xlabel().startswith("lambda")
+    single = lambda_plot(rows[:1] + rows[3:], metrics=("pq_th",)).axes[0]
+    assert series(single)["PQ_Th"] == ([0.5, 1.0], [41.0, 40.0])
+    assert np.asarray(single.containers[0].lines[2]).size == 0   # no error bars for one seed

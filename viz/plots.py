@@ -1,0 +1,297 @@
+"""Matplotlib figures of runs and studies: training curves (also live, as a ``train(...,
+on_log=...)`` callback), ablation bars over seeds, accuracy vs speed, and the loss-balance
+(lambda) sweep.
+
+Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplot`` (no global
+figure state, nothing is shown or left open); a notebook displays a returned figure as its
+cell's value, a script saves it with ``fig.savefig(...)``. Values are plotted as given: pass
+PQ in the same unit (fractions as ``metrics.json`` holds them, or percent as the paper prints
+them) within one figure. :func:`training_curves` is the exception: it reads ``metrics.jsonl``
+records (fractions) and plots PQ in percent.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from spatialflow.studies import summarize
+
+#: loss terms of a ``metrics.jsonl`` loss record, in plotting order
+LOSS_KEYS = ("loss", "loss_cls", "loss_reg", "loss_thing", "loss_stuff")
+#: ``(group of an eval record, line label)`` of the PQ panel
+PQ_GROUPS = (("All", "PQ"), ("Things", "PQ_Th"), ("Stuff", "PQ_St"))
+#: axis / legend labels of the metric keys of study rows
+METRIC_LABELS = {"pq": "PQ", "pq_th": "PQ_Th", "pq_st": "PQ_St", "sq": "SQ", "rq": "RQ"}
+
+
+# --- training curves -------------------------------------------------------------------------
+def read_metrics(path) -> List[dict]:
+    """The records of a run's ``metrics.jsonl`` (``path``: the run folder or the file). A
+    partly written last line (a run still writing) is skipped; a missing file gives ``[]``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def split_records(records: Iterable[dict]) -> Tuple[List[dict], List[dict]]:
+    """``(loss records, eval records)``, each sorted by ``iter``; when an iteration appears
+    twice (a resumed run repeats the iterations after its last checkpoint) the later record
+    wins."""
+    losses: Dict[int, dict] = {}
+    evals: Dict[int, dict] = {}
+    for r in records:
+        if "iter" not in r:
+            continue
+        if "eval" in r:
+            evals[int(r["iter"])] = r
+        elif "loss" in r or "lr" in r:
+            losses[int(r["iter"])] = r
+    return ([losses[k] for k in sorted(losses)], [evals[k] for k in sorted(evals)])
+
+
+def training_curves(records_or_run_dir: Union[str, Path, Sequence[dict]],
+                    fig: Optional[Figure] = None, title: Optional[str] = None) -> Figure:
+    """Three panels of a training run: the loss terms (:data:`LOSS_KEYS`) and the learning rate
+    against the iteration, and PQ / PQ_Th / PQ_St (percent) at each evaluation.
+
+    Args:
+        records_or_run_dir: ``metrics.jsonl`` records (as ``train``'s ``on_log`` receives
+            them), or a run folder / ``metrics.jsonl`` path.
+        fig: a figure to draw into (cleared first), e.g. to redraw live; default a new one.
+        title: figure title.
+
+    Lines carry their key as label (``"loss_cls"``, ``"lr"``, ``"PQ_Th"``, ...); the axes are
+    ``fig.axes[0..2]`` (loss, learning rate, PQ).
+    """
+    if isinstance(records_or_run_dir, (str, Path)):
+        records = read_metrics(records_or_run_dir)
+    else:
+        records = list(records_or_run_dir)
+    losses, evals = split_records(records)
+    if fig is None:
+        fig = Figure(figsize=(13, 3.6), layout="constrained")
+    else:
+        fig.clear()
+    ax_loss, ax_lr, ax_pq = fig.subplots(1, 3)
+
+    iters = [r["iter"] for r in losses]
+    for key in LOSS_KEYS:
+        points = [(r["iter"], r[key]) for r in losses if r.get(key) is not None]
+        if points:
+            x, y = zip(*points)
+            ax_loss.plot(x, y, label=key, linewidth=2.0 if key == "loss" else 1.0)
+    ax_loss.set(title="losses", xlabel="iteration", ylabel="loss")
+    if ax_loss.lines:
+        ax_loss.legend(fontsize="small")
+    else:
+        ax_loss.text(0.5, 0.5, "no loss record yet", ha="center", va="center",
+                     transform=ax_loss.transAxes)
+
+    lr = [(r["iter"], r["lr"]) for r in losses if r.get("lr") is not None]
+    if lr:
+        ax_lr.plot(*zip(*lr), label="lr")
+    ax_lr.set(title="learning rate", xlabel="iteration", ylabel="learning rate")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+
+    for group, label in PQ_GROUPS:
+        points = [(r["iter"], 100.0 * r["eval"][group]["pq"]) for r in evals
+                  if group in r.get("eval", {}) and r["eval"][group].get("n", 1) != 0]
+        if points:
+            ax_pq.plot(*zip(*points), marker="o", label=label)
+    ax_pq.set(title="PQ at evaluations", xlabel="iteration", ylabel="PQ (%)")
+    if ax_pq.lines:
+        ax_pq.legend(fontsize="small")
+    else:
+        ax_pq.text(0.5, 0.5, "no evaluation yet", ha="center", va="center",
+                   transform=ax_pq.transAxes)
+    if iters:
+        for ax in (ax_loss, ax_lr):
+            ax.set_xlim(left=0)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def figure_png(fig: Figure, dpi: int = 80) -> bytes:
+    """PNG file contents of a figure."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+class LiveCurves:
+    """A ``train(..., on_log=LiveCurves())`` callback that keeps the records it receives and
+    redraws :func:`training_curves` in a notebook output at each call.
+
+    Args:
+        output: where to draw: an ``ipywidgets.Output`` (default: a new one, also ``.widget``;
+            display it, or the ``LiveCurves`` object, before training) or an IPython
+            ``DisplayHandle`` (``display(..., display_id=True)``), whose ``update`` is called.
+        every: redraw on every ``every``-th loss record (evaluation records always redraw).
+        dpi: resolution of the drawn PNG.
+
+    Attributes: ``records`` (all received), ``figure`` (redrawn in place), ``draws``.
+    """
+
+    def __init__(self, output=None, every: int = 1, dpi: int = 80, title: Optional[str] = None):
+        if output is None:
+            import ipywidgets
+
+            output = ipywidgets.Output()
+        self.output, self.widget = output, output
+        self.every, self.dpi, self.title = max(1, int(every)), dpi, title
+        self.records: List[dict] = []
+        self.figure = Figure(figsize=(13, 3.6), layout="constrained")
+        self.draws = 0
+        self._losses = 0
+
+    def __call__(self, record: dict) -> None:
+        """Take one ``metrics.jsonl`` record; redraw when due."""
+        self.records.append(dict(record))
+        if "eval" not in record:
+            self._losses += 1
+        if "eval" in record or self._losses % self.every == 0:
+            self.redraw()
+
+    def redraw(self) -> None:
+        """Draw the curves of all records so far into ``output``."""
+        training_curves(self.records, fig=self.figure, title=self.title)
+        png = figure_png(self.figure, self.dpi)
+        text = f"<training curves: {len(self.records)} records>"
+        try:
+            import ipywidgets
+            is_output = isinstance(self.output, ipywidgets.Output)
+        except ImportError:  # pragma: no cover - ipywidgets is a dependency
+            is_output = False
+        if is_output:
+            # replacing the Output's contents directly works with and without a kernel
+            self.output.outputs = ({"output_type": "display_data", "metadata": {},
+                                    "data": {"image/png": base64.b64encode(png).decode("ascii"),
+                                             "text/plain": text}},)
+        else:
+            from IPython.display import Image
+
+            self.output.update(Image(data=png, format="png"))
+        self.draws += 1
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.output)
+
+
+# --- studies: rows of results ------------------------------------------------------------------
+def ablation_bars(rows: Sequence[dict], metrics: Sequence[str] = ("pq", "pq_th", "pq_st"),
+                  order: Optional[Sequence[str]] = None, error: str = "std",
+                  title: Optional[str] = None, ylabel: str = "PQ",
+                  labels: Optional[Dict[str, str]] = None) -> Figure:
+    """Grouped bars of an ablation: one group per variant (in ``order``, default as the rows
+    come), one bar per metric at the mean over seeds (:func:`spatialflow.studies.summarize`), error bars
+    of ``error="std"`` (+- the sample std) or ``"minmax"`` (from the min to the max run).
+
+    The bars of metric ``k`` form the ``k``-th ``BarContainer`` of ``fig.axes[0].containers``
+    (labelled with :data:`METRIC_LABELS` or ``labels``, its ``errorbar`` the error bars); the x
+    tick labels are the variants.
+    """
+    if error not in ("std", "minmax"):
+        raise ValueError(f"error must be 'std' or 'minmax', got {error!r}")
+    summary = summarize(rows, metrics, "variant", order)
+    labels = {**METRIC_LABELS, **(labels or {})}
+    fig = Figure(figsize=(max(5.0, 1.5 + len(summary) * (0.4 + 0.3 * len(metrics))), 3.8),
+                 layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(summary))
+    width = 0.8 / max(1, len(metrics))
+    for k, m in enumerate(metrics):
+        means = np.array([s[m]["mean"] for s in summary])
+        if error == "std":
+            yerr = np.array([s[m]["std"] for s in summary])
+        else:
+            yerr = np.array([[s[m]["mean"] - s[m]["min"] for s in summary],
+                             [s[m]["max"] - s[m]["mean"] for s in summary]])
+        ax.bar(x + (k - (len(metrics) - 1) / 2) * width, means, width, yerr=yerr, capsize=3,
+               label=labels.get(m, m))
+    ax.set_xticks(x, [str(s["variant"]) for s in summary],
+                  rotation=20 if len(summary) > 4 else 0, ha="right" if len(summary) > 4 else "center")
+    n = sorted({s[m]["n"] for s in summary for m in metrics})
+    runs = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
+    ax.set(xlabel="variant", ylabel=ylabel,
+           title=title or f"mean over {runs} run(s), error bars: "
+                          f"{'std' if error == 'std' else 'min-max'}")
+    if len(metrics) > 1:
+        ax.legend(fontsize="small")
+    return fig
+
+
+def accuracy_speed_plot(rows: Sequence[dict], title: Optional[str] = "accuracy vs speed",
+                        xlabel: str = "speed (images/s)", ylabel: str = "PQ") -> Figure:
+    """PQ against speed, one labelled point per row ``{"name", "fps", "pq", "source"}``;
+    ``source`` ``"measured"`` (circles) or ``"paper"`` (squares), each a scatter labelled
+    with its source (``fig.axes[0].collections``); names are annotations next to the points.
+    Speeds measured here and the paper's (a V100) are not comparable in absolute terms; the
+    plot shows the shape of the trade-off."""
+    markers = {"measured": "o", "paper": "s"}
+    fig = Figure(figsize=(6, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for r in rows:
+        if r.get("source") not in markers:
+            raise ValueError(f"source must be 'measured' or 'paper', got {r.get('source')!r} "
+                             f"in {r}")
+    for source, marker in markers.items():
+        pts = [r for r in rows if r["source"] == source]
+        if not pts:
+            continue
+        ax.scatter([r["fps"] for r in pts], [r["pq"] for r in pts], marker=marker, s=40,
+                   label=source)
+        for r in pts:
+            ax.annotate(str(r["name"]), (r["fps"], r["pq"]), xytext=(4, 4),
+                        textcoords="offset points", fontsize="small")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.margins(0.15)
+    if ax.collections:
+        ax.legend(fontsize="small")
+    return fig
+
+
+def lambda_plot(rows: Sequence[dict], metrics: Sequence[str] = ("pq_th", "pq_st"),
+                title: Optional[str] = "loss balance", ylabel: str = "PQ",
+                labels: Optional[Dict[str, str]] = None) -> Figure:
+    """The loss-balance sweep (paper Table IV): each metric against lambda, the mean over the
+    rows (seeds) of each lambda, with +- std error bars when a lambda has several rows.
+
+    ``rows``: ``{"lambda", "pq_th", "pq_st", ...}`` dicts (``"pq"`` too if listed in
+    ``metrics``). One line per metric, an ``ErrorbarContainer`` in ``fig.axes[0].containers``
+    labelled with :data:`METRIC_LABELS` or ``labels``, its data sorted by lambda."""
+    labels = {**METRIC_LABELS, **(labels or {})}
+    summary = sorted(summarize(rows, metrics, by="lambda"), key=lambda e: e["lambda"])
+    lambdas = [e["lambda"] for e in summary]
+    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for m in metrics:
+        stats = [e[m] for e in summary]
+        means = [s["mean"] for s in stats]
+        several = any(s["n"] > 1 for s in stats)
+        ax.errorbar(lambdas, means, yerr=[s["std"] for s in stats] if several else None,
+                    marker="o", capsize=3, label=labels.get(m, m))
+    ax.set(xlabel="lambda (stuff loss weight)", ylabel=ylabel, title=title)
+    ax.legend(fontsize="small")
+    return fig
