@@ -68,6 +68,14 @@ def split_records(records: Iterable[dict]) -> Tuple[List[dict], List[dict]]:
     return ([losses[k] for k in sorted(losses)], [evals[k] for k in sorted(evals)])
 
 
+def _legend_or_note(ax, note: str) -> None:
+    """A legend when the axes have lines, else ``note`` in their middle."""
+    if ax.lines:
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes)
+
+
 def training_curves(records_or_run_dir: Union[str, Path, Sequence[dict]],
                     fig: Optional[Figure] = None, title: Optional[str] = None) -> Figure:
     """Three panels of a training run: the loss terms (:data:`LOSS_KEYS`) and the learning rate
@@ -100,11 +108,7 @@ def training_curves(records_or_run_dir: Union[str, Path, Sequence[dict]],
             x, y = zip(*points)
             ax_loss.plot(x, y, label=key, linewidth=2.0 if key == "loss" else 1.0)
     ax_loss.set(title="losses", xlabel="iteration", ylabel="loss")
-    if ax_loss.lines:
-        ax_loss.legend(fontsize="small")
-    else:
-        ax_loss.text(0.5, 0.5, "no loss record yet", ha="center", va="center",
-                     transform=ax_loss.transAxes)
+    _legend_or_note(ax_loss, "no loss record yet")
 
     lr = [(r["iter"], r["lr"]) for r in losses if r.get("lr") is not None]
     if lr:
@@ -118,11 +122,7 @@ def training_curves(records_or_run_dir: Union[str, Path, Sequence[dict]],
         if points:
             ax_pq.plot(*zip(*points), marker="o", label=label)
     ax_pq.set(title="PQ at evaluations", xlabel="iteration", ylabel="PQ (%)")
-    if ax_pq.lines:
-        ax_pq.legend(fontsize="small")
-    else:
-        ax_pq.text(0.5, 0.5, "no evaluation yet", ha="center", va="center",
-                   transform=ax_pq.transAxes)
+    _legend_or_note(ax_pq, "no evaluation yet")
     if iters:
         for ax in (ax_loss, ax_lr):
             ax.set_xlim(left=0)
