@@ -36,7 +36,9 @@ def test_optimizers():
     from spatialflow.engine.train import build_optimizer
 
     params = [torch.nn.Parameter(torch.zeros(2))]
-    sgd = build_optimizer(params, load_config("tiny-cpu", ["train.batch_size=8"]))
+    sgd = build_optimizer(params, load_config("tiny-cpu", ["train.batch_size=8",
+                                                           "train.optimizer=sgd",
+                                                           "train.lr=0.01"]))
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
     assert sgd.defaults["lr"] == pytest.approx(0.02)  # 0.01 for 4 images, scaled to 8
     adamw = build_optimizer(params, load_config("tiny-cpu", ["train.optimizer=adamw",
