@@ -72,7 +72,7 @@ def cmd_make_data(args) -> int:
     return 0
 
 
-DEMO_DEFAULTS = ["train.max_iters=360"]  # about 8 minutes of training on 2 cores
+DEMO_DEFAULTS = ["train.max_iters=300"]  # 6-8 minutes of training on 2 cores
 
 
 def cmd_demo(args) -> int:
