@@ -164,10 +164,8 @@ def speed_vs_scale(model, dataset, scales: Sequence[int], infer=None,
     :func:`metrics_row`'s keys."""
     import tempfile
 
-    import torch
-
     from spatialflow.config import InferConfig
-    from spatialflow.engine.predict import predict_image
+    from spatialflow.engine.predict import predict_image, to_tensor
     from spatialflow.evaluation import PanopticEvaluator
 
     infer = infer or InferConfig()
@@ -180,7 +178,7 @@ def speed_vs_scale(model, dataset, scales: Sequence[int], infer=None,
         seconds = 0.0
         for k, idx in enumerate(_progress(range(n), f"{scale}px", progress)):
             image, _, rec = dataset.load(idx)
-            x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
+            x = to_tensor(image)
             if k == 0:  # warm-up
                 predict_image(model, x, dataset.categories, infer, scale, cap, device)
             start = time.perf_counter()

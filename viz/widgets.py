@@ -158,12 +158,10 @@ def model_predictor(model, categories: CategoryMap, infer: InferConfig = InferCo
     ``labels``, ``masks``, ``sem_probs`` at the image size) that runs ``model`` as
     :func:`spatialflow.engine.predict.predict_image` does (resize to ``test_size``, TTA when
     ``infer`` asks for it)."""
-    import torch
-
-    from spatialflow.engine.predict import predict_image
+    from spatialflow.engine.predict import predict_image, to_tensor
 
     def predict(image: np.ndarray) -> dict:
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+        tensor = to_tensor(image)
         out, _, _ = predict_image(model, tensor, categories, infer, test_size, max_size, device)
         return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as nnf
 from torchvision.models.detection.roi_heads import paste_masks_in_image
@@ -21,6 +22,11 @@ def merge_kwargs(infer: InferConfig) -> dict:
     keyword arguments."""
     return dict(mask_conf=infer.mask_conf, overlap=infer.overlap, stuff_area=infer.stuff_area,
                 box_fill=infer.box_fill, box_fill_enabled=infer.box_fill_enabled)
+
+
+def to_tensor(image) -> torch.Tensor:
+    """``float[3,H,W]`` in [0, 1] from an ``uint8[H,W,3]`` array (as the readers return)."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
 
 
 def prepare_image(image: torch.Tensor, test_size: int, max_size: Optional[int]) -> torch.Tensor:
@@ -120,7 +126,7 @@ def predict_dataset(model, dataset, infer: InferConfig = InferConfig(), test_siz
     indices = range(len(dataset)) if indices is None else list(indices)
     for idx in tqdm(indices, desc="predict", unit="img", disable=not progress):
         image, _, rec = dataset.load(idx)
-        tensor = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
+        tensor = to_tensor(image)
         out, pan, segments = predict_image(model, tensor, dataset.categories, infer, test_size,
                                            max_size, device)
         yield idx, rec, out, pan, segments
@@ -177,7 +183,7 @@ def predict_files(model, categories, files, out_dir, infer: InferConfig = InferC
             continue
         stem = path.stem if path.stem not in stems else f"{path.stem}_{len(stems)}"
         stems.add(stem)
-        tensor = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
+        tensor = to_tensor(image)
         _, pan, segments = predict_image(model, tensor, categories, infer, test_size, max_size,
                                          device)
         image_id = len(images) + 1
