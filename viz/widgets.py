@@ -155,15 +155,13 @@ def model_predictor(model, categories: CategoryMap, infer: InferConfig = InferCo
                     test_size: int = 800, max_size: Optional[int] = 1333,
                     device: str = "cpu") -> Predictor:
     """A predict function ``image uint8[H,W,3] -> raw output`` (``boxes``, ``scores``,
-    ``labels``, ``masks``, ``sem_probs`` at the image size) that runs ``model`` as
-    :func:`spatialflow.engine.predict.predict_image` does (resize to ``test_size``, TTA when
+    ``labels``, ``masks``, ``sem_probs`` at the image size) that runs ``model`` with
+    :func:`spatialflow.engine.predict.predict_raw` (resize to ``test_size``, TTA when
     ``infer`` asks for it)."""
-    from spatialflow.engine.predict import predict_image, to_tensor
+    from spatialflow.engine.predict import predict_raw, to_tensor
 
     def predict(image: np.ndarray) -> dict:
-        tensor = to_tensor(image)
-        out, _, _ = predict_image(model, tensor, categories, infer, test_size, max_size, device)
-        return out
+        return predict_raw(model, to_tensor(image), infer, test_size, max_size, device)
 
     return predict
 

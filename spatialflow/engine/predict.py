@@ -97,20 +97,27 @@ def predict_tta(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
 
 
 @torch.inference_mode()
+def predict_raw(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
+                test_size: int = 800, max_size: Optional[int] = 1333,
+                device: str = "cpu") -> dict:
+    """The model's raw output (``boxes``, ``scores``, ``labels``, ``masks``, ``sem_probs``) for
+    one ``float[3,H,W]`` image (values in [0, 1]) at its original size, before the merge; with
+    ``infer.tta_scales`` or ``infer.tta_flip`` set, :func:`predict_tta`'s."""
+    model.eval()
+    if infer.tta_scales or infer.tta_flip:
+        return predict_tta(model, image, infer, test_size, max_size, device)
+    h, w = image.shape[-2:]
+    x = prepare_image(image, test_size, max_size).to(device)
+    out = model([x], output_sizes=[(h, w)])[0]
+    return {k: v.cpu() for k, v in out.items()}
+
+
 def predict_image(model, image: torch.Tensor, categories, infer: InferConfig = InferConfig(),
                   test_size: int = 800, max_size: Optional[int] = 1333,
                   device: str = "cpu") -> Tuple[dict, "object", list]:
-    """Run the model on one ``float[3,H,W]`` image (values in [0, 1]) and merge: returns
-    ``(raw output at the original size, panoptic id map, segments_info)``. With
-    ``infer.tta_scales`` or ``infer.tta_flip`` set, the raw output is :func:`predict_tta`'s."""
-    model.eval()
-    h, w = image.shape[-2:]
-    if infer.tta_scales or infer.tta_flip:
-        out = predict_tta(model, image, infer, test_size, max_size, device)
-    else:
-        x = prepare_image(image, test_size, max_size).to(device)
-        out = model([x], output_sizes=[(h, w)])[0]
-        out = {k: v.cpu() for k, v in out.items()}
+    """:func:`predict_raw` and the panoptic merge with ``infer``'s thresholds: returns
+    ``(raw output at the original size, panoptic id map, segments_info)``."""
+    out = predict_raw(model, image, infer, test_size, max_size, device)
     pan, segments = merge_outputs(out, categories, **merge_kwargs(infer))
     return out, pan, segments
 
