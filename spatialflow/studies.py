@@ -9,6 +9,7 @@ notebook re-uses everything already computed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -16,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from spatialflow.config import load_config
+from spatialflow.config import config_to_dict, load_config
+
+#: overrides that make any study or notebook run in seconds (CI and the notebooks' quick mode):
+#: 8 + 2 synthetic images of 128 px, two images a batch, no worker processes
+QUICK_OVERRIDES = ("data.synthetic.num_train=8", "data.synthetic.num_val=2",
+                   "data.synthetic.size=128", "data.min_size=[128]", "data.test_size=128",
+                   "data.num_workers=0", "train.batch_size=2", "train.base_batch_size=2",
+                   "train.warmup_iters=1", "train.log_every=1", "train.max_iters=2",
+                   "infer.stuff_area=0")
 
 
 @dataclass(frozen=True)
@@ -60,9 +69,13 @@ def fig4_variants() -> List[Variant]:
             Variant("spatial flows", ("model.subnets=true", "model.flows.source=reg"))]
 
 
-def lambda_variants(lambdas: Sequence[float]) -> List[Variant]:
-    """Table IV: one variant per value of lambda (the stuff loss weight of eq 6)."""
-    return [Variant(f"lambda={lam:g}", (f"model.stuff_loss_weight={lam}",)) for lam in lambdas]
+def lambda_variants(lambdas: Sequence[float], model: Optional[Sequence[str]] = None
+                    ) -> List[Variant]:
+    """Table IV: one variant per value of lambda (the stuff loss weight of eq 6), on ``model``
+    (overrides; default: the naive baseline, as the paper sweeps it)."""
+    model = tuple(components_variants()[0].overrides if model is None else model)
+    return [Variant(f"lambda={lam:g}", model + (f"model.stuff_loss_weight={lam}",))
+            for lam in lambdas]
 
 
 # The paper's figures (COCO val, ResNet-50; PQ, PQ_Th, PQ_St), to show next to measured ones.
@@ -94,6 +107,17 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=_-]+", "_", name).strip("_") or "variant"
 
 
+def config_key(cfg) -> str:
+    """Eight hex digits that name what a run trains: the config without its seed (and the
+    folder of its data), so variants of different studies that build the same model share
+    their runs."""
+    d = config_to_dict(cfg)
+    d["train"].pop("seed")
+    d["data"].pop("root")
+    d.pop("name", None), d.pop("description", None)
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def metrics_row(metrics: dict) -> dict:
     """PQ / SQ / RQ (All, Things, Stuff) and box AP of an evaluation, in percent."""
     p = metrics["panoptic"]
@@ -111,9 +135,11 @@ def run_study(variants: Sequence[Variant], seeds: Sequence[int], out, base="tiny
     """Train and evaluate each variant with each seed; returns one row per run: ``variant``,
     ``seed``, ``run`` (its folder) and :func:`metrics_row`'s keys.
 
-    Runs go to ``out/<variant>/seed<k>``, all on one data set (``data.root`` from
-    ``overrides``, or the base config's synthetic data written once to ``out/data``). A run
-    whose ``eval/final/metrics.json`` exists is read back instead of trained again; one with a
+    Runs go to ``out/<variant>-<config key>/seed<k>`` (:func:`config_key`), all on one data set
+    (``data.root`` from ``overrides``, or the base config's synthetic data written once to
+    ``out/data``). A variant whose config was already trained under another name in ``out`` (the
+    Table IX row '-' is Table V's '+ sub-networks') re-uses that run. A run whose
+    ``eval/final/metrics.json`` exists is read back instead of trained again; one with a
     checkpoint is resumed. ``base`` is a preset name or YAML file; ``overrides`` apply to every
     run before the variant's own.
     """
@@ -126,16 +152,17 @@ def run_study(variants: Sequence[Variant], seeds: Sequence[int], out, base="tiny
     root = prepare_data(common, out)
     rows = []
     for variant in variants:
+        key = config_key(load_config(base, [*overrides, *variant.overrides, f"data.root={root}"]))
+        folder = next(iter(sorted(out.glob(f"*-{key}"))), out / f"{slug(variant.name)}-{key}")
         for seed in seeds:
-            run = out / slug(variant.name) / f"seed{seed}"
+            run = folder / f"seed{seed}"
             done = run / "eval" / "final" / "metrics.json"
             if not done.is_file():
-                if (run / FINAL).is_file():
-                    raise FileExistsError(f"{run}: trained but not evaluated; remove it to retrain")
-                cfg = load_config(base, [*overrides, *variant.overrides, f"train.seed={seed}",
-                                         f"data.root={root}"])
-                train_fn(cfg, run, resume=(run / CHECKPOINT).is_file(), progress=progress,
-                         evaluate_at_end=False)
+                if not (run / FINAL).is_file():  # else interrupted while evaluating
+                    cfg = load_config(base, [*overrides, *variant.overrides,
+                                             f"train.seed={seed}", f"data.root={root}"])
+                    train_fn(cfg, run, resume=(run / CHECKPOINT).is_file(), progress=progress,
+                             evaluate_at_end=False)
                 _evaluate_run(run, done, progress)
             metrics = json.loads(done.read_text())
             rows.append({"variant": variant.name, "seed": seed, "run": str(run),
@@ -250,4 +277,62 @@ def format_summary(table: Sequence[dict], metrics: Sequence[str] = ("pq", "pq_th
         n = max(e[m]["n"] for m in metrics)
         cells = [f"{e[m]['mean']:.1f} ± {e[m]['std']:.1f}" for m in metrics]
         lines.append(f"| {e[by]} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[str], digits: int = 1) -> str:
+    """A markdown table of ``rows`` (dicts) with ``columns``; floats with ``digits`` decimals
+    (e.g. the paper's rows in :data:`PAPER`, or :func:`speed_vs_scale`'s)."""
+    def cell(v):
+        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def describe_differences(rows: Sequence[dict], reference: str,
+                         metrics: Sequence[str] = ("pq", "pq_th", "pq_st"),
+                         paper: Optional[Sequence[dict]] = None, by: str = "variant",
+                         order: Optional[Sequence] = None) -> str:
+    """Plain sentences, one per variant, of how its mean over seeds differs from
+    ``reference``'s, set against the seed-to-seed spread (the larger sample std of the two):
+    a difference no larger than the spread is called within it, and with one seed each no
+    spread is known, which is said. ``paper``: rows (``{by, metric...}``) of the paper's table,
+    whose differences are quoted next to ours, with whether the sign agrees."""
+    labels = {"pq": "PQ", "pq_th": "PQ_Th", "pq_st": "PQ_St", "sq": "SQ", "rq": "RQ",
+              "ap": "box AP"}
+    table = {e[by]: e for e in summarize(rows, metrics, by, order)}
+    if reference not in table:
+        raise ValueError(f"no rows for {by} {reference!r} (have: {list(table)})")
+    ref = table[reference]
+    theirs = {r[by]: r for r in (paper or [])}
+    lines = []
+    for name, e in table.items():
+        if name == reference:
+            continue
+        parts, within, beyond = [], [], []
+        for m in metrics:
+            diff = e[m]["mean"] - ref[m]["mean"]
+            text = f"{labels.get(m, m)} {diff:+.1f}"
+            if name in theirs and reference in theirs and m in theirs[name]:
+                pd = theirs[name][m] - theirs[reference][m]
+                agree = "same sign" if (pd > 0) == (diff > 0) and pd != 0 and diff != 0 else \
+                    "opposite sign" if pd * diff < 0 else "one of them zero"
+                text += f" (paper {pd:+.1f}, {agree})"
+            parts.append(text)
+            spread = max(e[m]["std"], ref[m]["std"])
+            if min(e[m]["n"], ref[m]["n"]) > 1:
+                (within if abs(diff) <= spread else beyond).append(labels.get(m, m))
+        line = f"- **{name}** vs **{reference}**: " + ", ".join(parts) + ". "
+        if not within and not beyond:
+            line += "One run each: no seed-to-seed spread to judge these differences by."
+        else:
+            spread = max(max(e[m]["std"], ref[m]["std"]) for m in metrics)
+            if beyond:
+                line += f"Larger than the spread between seeds (std up to {spread:.1f}): " \
+                        f"{', '.join(beyond)}. "
+            if within:
+                line += f"Within the spread between seeds: {', '.join(within)}."
+        lines.append(line.rstrip())
     return "\n".join(lines)

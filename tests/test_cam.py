@@ -263,3 +263,19 @@ def test_overlay_and_flows_figure():
     assert titles[:3] == ["image", "cls CAM: car", "stuff CAM: road"]
     assert [fig.axes[i].get_ylabel() for i in (0, 3)] == ["with flows", "without flows"]
     assert all(not hooks_left(m) for m in models.values())
+
+
+def test_largest_classes_picks_the_largest_thing_and_stuff():
+    from spatialflow.data.categories import CategoryMap
+    from viz.cam import largest_classes
+
+    cats = CategoryMap.from_coco([{"id": 1, "name": "a", "isthing": 1},
+                                  {"id": 2, "name": "b", "isthing": 1},
+                                  {"id": 7, "name": "sky", "isthing": 0},
+                                  {"id": 8, "name": "road", "isthing": 0}])
+    segs = [{"id": 1, "category_id": 1, "area": 30}, {"id": 2, "category_id": 2, "area": 20},
+            {"id": 3, "category_id": 2, "area": 20}, {"id": 4, "category_id": 7, "area": 5},
+            {"id": 5, "category_id": 8, "area": 9}, {"id": 6, "category_id": 99, "area": 999}]
+    assert largest_classes(segs, cats) == (2, 8)  # two instances of 2 outweigh one of 1
+    assert largest_classes(segs[3:5], cats) == (None, 8)
+    assert largest_classes([], cats) == (None, None)

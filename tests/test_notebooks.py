@@ -29,7 +29,7 @@ def run_quick(name, tmp_path, **parameters):
 
     out_nb = tmp_path / f"{name}.out.ipynb"
     papermill.execute_notebook(str(Path(__file__).parent.parent / "notebooks" / f"{name}.ipynb"),
-                               str(out_nb), parameters=dict(QUICK=True, **parameters),
+                               str(out_nb), parameters={"QUICK": True, **parameters},
                                cwd=str(tmp_path), progress_bar=False, kernel_name="python3")
     nb = nbformat.read(out_nb, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
@@ -51,3 +51,22 @@ def test_01_quickstart(tmp_path):
               for c in nb.cells if c.cell_type == "code"]
     assert images[-3] >= 1, images  # the training curves
     assert images[-1] == 2, images  # SHOW=2 ground truth | prediction pairs
+
+
+def widget_views(nb):
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+
+
+def test_04_panoptic_explorer_with_a_run_and_without(tmp_path):
+    out = tmp_path / "nb04"
+    nb, text = run_quick("04_panoptic_explorer", tmp_path, OUT=str(out), RUN=None)
+    assert len(widget_views(nb)) == 1
+    assert "ground truth" in text and "PQ:" in text
+    assert "'thresholds': {" in text  # a model's panel: the merge thresholds are live
+    # no run, data given: the ground truth alone
+    data = out / "data"
+    nb, text = run_quick("04_panoptic_explorer", tmp_path, OUT=str(out), RUN=str(tmp_path / "x"),
+                         DATA=str(data), QUICK=False)
+    assert len(widget_views(nb)) == 1
+    assert "'thresholds': None" in text and "ground truth" in text

@@ -7,8 +7,9 @@ from spatialflow.config import load_config
 from spatialflow.data.coco_panoptic import CocoPanopticDataset
 from spatialflow.data.synthetic import make_synthetic
 from spatialflow.model import build_model
-from spatialflow.studies import (PAPER, Variant, components_variants, fig4_variants,
-                                 flows_variants, format_summary, lambda_variants, run_study,
+from spatialflow.studies import (PAPER, Variant, components_variants, config_key,
+                                 describe_differences, fig4_variants, flows_variants,
+                                 format_summary, format_table, lambda_variants, run_study,
                                  slug, speed_vs_scale, summarize)
 
 FLOWS = ("reg_to_cls", "reg_to_stuff", "reg_to_thing", "stuff_to_thing")
@@ -37,6 +38,9 @@ def test_fig4_and_lambda_variants():
     lams = [load_config("tiny-cpu", list(v.overrides)).model.stuff_loss_weight
             for v in lambda_variants([1.0, 0.25])]
     assert lams == [1.0, 0.25]
+    # the paper sweeps lambda on the naive baseline; another model can be asked for
+    assert flows_on(lambda_variants([0.5])[0])[:2] == (False, [])
+    assert flows_on(lambda_variants([0.5], model=())[0])[:2] == (True, list(FLOWS))
     assert slug("+ reg-cls") == "reg-cls" and slug("lambda=0.25") == "lambda=0.25"
 
 
@@ -89,3 +93,43 @@ def test_speed_vs_scale(data_root, tmp_path):
         assert r["images"] == 2 and r["images_per_s"] > 0 and r["seconds"] > 0
         assert 0 <= r["pq"] <= 100 and "pq_st" in r
     assert (tmp_path / "scale96" / "metrics.json").is_file()
+
+
+def test_config_key_names_what_is_trained():
+    key = lambda *o: config_key(load_config("tiny-cpu", list(o)))  # noqa: E731
+    # the same model under another name, seed or data folder shares the key
+    assert key(*components_variants()[1].overrides) == key(*flows_variants()[0].overrides) \
+        == key(*fig4_variants()[0].overrides)
+    assert key(*components_variants()[3].overrides) == key(*flows_variants()[4].overrides) \
+        == key(*fig4_variants()[2].overrides) == key()
+    assert key("train.seed=3", "data.root=/x") == key()
+    assert len({key(*v.overrides) for v in components_variants() + flows_variants()
+                + fig4_variants()}) == 8
+    assert key("model.stuff_loss_weight=0.3") != key()
+
+
+def test_describe_differences_says_what_the_numbers_show():
+    rows = [{"variant": "base", "seed": 0, "pq": 10.0, "pq_th": 5.0},
+            {"variant": "base", "seed": 1, "pq": 12.0, "pq_th": 5.0},
+            {"variant": "new", "seed": 0, "pq": 15.0, "pq_th": 4.0},
+            {"variant": "new", "seed": 1, "pq": 17.0, "pq_th": 6.0}]
+    paper = [{"variant": "base", "pq": 40.0, "pq_th": 46.0},
+             {"variant": "new", "pq": 40.6, "pq_th": 46.5}]
+    text = describe_differences(rows, "base", ("pq", "pq_th"), paper=paper)
+    assert text.count("\n") == 0 and text.startswith("- **new** vs **base**")
+    assert "PQ +5.0 (paper +0.6, same sign)" in text
+    assert "PQ_Th +0.0" in text
+    assert "Larger than the spread between seeds (std up to 1.4): PQ." in text
+    assert "Within the spread between seeds: PQ_Th." in text
+    one_seed = describe_differences([r for r in rows if r["seed"] == 0], "base", ("pq",))
+    assert "No seed-to-seed spread" in one_seed or "no seed-to-seed spread" in one_seed
+    worse = describe_differences(rows, "new", ("pq",), paper=paper)
+    assert "PQ -5.0 (paper -0.6, same sign)" in worse
+    with pytest.raises(ValueError, match="missing"):
+        describe_differences(rows, "missing")
+
+
+def test_format_table():
+    text = format_table(PAPER["table_xi"][:2], ["name", "scale", "pq", "fps"])
+    assert text.splitlines()[0] == "| name | scale | pq | fps |"
+    assert "| PanopticFPN R50 | 800 | 39.0 | 18.9 |" in text

@@ -279,3 +279,13 @@ def test_with_a_real_tiny_model_and_from_run(ds, tmp_path):
                                    splits=["train"])
     assert [p["name"] for p in ex.state()["panels"]] == ["ground truth", "run", "run"]
     assert ex.stuff_area.value == cfg.infer.stuff_area
+
+    # open(): the run if it holds a model, else the ground truth with a warning
+    ex = PanopticExplorer.open(run, data=ds.image_dir.parent, splits=["train"])
+    assert [p["name"] for p in ex.state()["panels"]] == ["ground truth", "run"]
+    with pytest.warns(UserWarning, match="no trained run at .*missing"):
+        ex = PanopticExplorer.open(tmp_path / "missing", data=ds.image_dir.parent,
+                                   splits=["train"], names=("x", "y"))
+    assert [p["name"] for p in ex.state()["panels"]] == ["ground truth"]
+    with pytest.raises(ValueError, match="no data given"):
+        PanopticExplorer.open(None)

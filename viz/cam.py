@@ -304,6 +304,23 @@ def cam_overlay(image, cam: np.ndarray, image_weight: float = 0.5) -> np.ndarray
                              image_weight=image_weight)
 
 
+def largest_classes(segments: Sequence[Mapping], categories: CategoryMap
+                    ) -> Tuple[Optional[int], Optional[int]]:
+    """``(thing category id, stuff category id)`` covering the most area among an image's
+    ``segments_info`` (COCO panoptic dicts with ``category_id`` and ``area``), the classes to
+    take CAMs of; ``None`` where the image has no thing (or no stuff) segment."""
+    area: Dict[int, float] = {}
+    for s in segments:
+        if s["category_id"] in categories:
+            area[s["category_id"]] = area.get(s["category_id"], 0) + s.get("area", 0)
+    best = [None, None]
+    for cat, a in sorted(area.items(), key=lambda kv: (-kv[1], kv[0])):
+        slot = 0 if categories.is_thing(cat) else 1
+        if best[slot] is None:
+            best[slot] = cat
+    return best[0], best[1]
+
+
 def flows_comparison_figure(image: torch.Tensor, models: Mapping[str, nn.Module],
                             categories: CategoryMap, thing_class: int, stuff_class: int,
                             method: str = "gradcam") -> Figure:

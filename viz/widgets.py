@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import io
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
@@ -365,6 +366,23 @@ class PanopticExplorer:
         kwargs.setdefault("max_size", cfg.data.max_size)
         return cls(root, model, model_b=model_b, splits=splits, names=names, device=device,
                    **kwargs)
+
+    @classmethod
+    def open(cls, run=None, data=None, run_b=None, **kwargs) -> "PanopticExplorer":
+        """:meth:`from_run` if ``run`` holds a trained model (a checkpoint file, or a run folder
+        with ``model_final.pt`` or ``checkpoint_last.pt``), else the ground-truth browser of
+        ``data`` with a warning that no run was found (``ValueError`` if ``data`` is ``None``
+        too)."""
+        from spatialflow.engine.train import find_checkpoint
+
+        if find_checkpoint(run) is not None:
+            return cls.from_run(run, data=data, run_b=run_b, **kwargs)
+        if data is None:
+            raise ValueError(f"no trained run at {run} and no data given: pass a data folder to "
+                             "browse its ground truth")
+        warnings.warn(f"no trained run at {run}: showing the ground truth of {data} only")
+        kwargs.pop("names", None)
+        return cls(data, **kwargs)
 
     # --- what is shown --------------------------------------------------------------------
     @property

@@ -156,15 +156,24 @@ def unwrap(model):
 INFERENCE_KEYS = ("infer.", "data.test_size", "data.max_size")
 
 
+def find_checkpoint(path) -> Optional[Path]:
+    """The checkpoint a run folder or file stands for (``model_final.pt``, else
+    ``checkpoint_last.pt``), or ``None`` if there is none (or ``path`` is ``None``)."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_file():
+        return path
+    return next((path / f for f in (FINAL, CHECKPOINT) if (path / f).is_file()), None)
+
+
 def load_run(path, device: str = "cpu", overrides: Sequence[str] = ()):
     """``(config, model in eval mode, categories)`` from a run folder (its ``model_final.pt``,
     else ``checkpoint_last.pt``) or a checkpoint file; ``overrides`` (``key=value``) may
     change the :data:`INFERENCE_KEYS` of its config."""
     from spatialflow.data.categories import CategoryMap
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / FINAL if (path / FINAL).is_file() else path / CHECKPOINT
+    path = find_checkpoint(path) or (Path(path) / CHECKPOINT if Path(path).is_dir() else path)
     state = load_checkpoint(path)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise InputError(f"{path}: not a SpatialFlow checkpoint (needs 'model' and 'config')")
