@@ -30,9 +30,11 @@ QUICK_OVERRIDES = ("data.synthetic.num_train=8", "data.synthetic.num_val=2",
 
 @dataclass(frozen=True)
 class Variant:
-    """One row of a study: a name and the config overrides that make it."""
+    """One row of a study: a name, the config overrides that make it, and ``tags``
+    (``(key, value)`` pairs copied into each of its result rows, e.g. ``("lambda", 0.25)``)."""
     name: str
     overrides: Tuple[str, ...] = ()
+    tags: Tuple[Tuple[str, object], ...] = ()
 
 
 _NO_FLOWS = ("model.flows.reg_to_cls=false", "model.flows.reg_to_stuff=false",
@@ -74,8 +76,8 @@ def lambda_variants(lambdas: Sequence[float], model: Optional[Sequence[str]] = N
     """Table IV: one variant per value of lambda (the stuff loss weight of eq 6), on ``model``
     (overrides; default: the naive baseline, as the paper sweeps it)."""
     model = tuple(components_variants()[0].overrides if model is None else model)
-    return [Variant(f"lambda={lam:g}", model + (f"model.stuff_loss_weight={lam}",))
-            for lam in lambdas]
+    return [Variant(f"lambda={lam:g}", model + (f"model.stuff_loss_weight={lam}",),
+                    (("lambda", float(lam)),)) for lam in lambdas]
 
 
 # The paper's figures (COCO val, ResNet-50; PQ, PQ_Th, PQ_St), to show next to measured ones.
@@ -165,8 +167,8 @@ def run_study(variants: Sequence[Variant], seeds: Sequence[int], out, base="tiny
                              evaluate_at_end=False)
                 _evaluate_run(run, done, progress)
             metrics = json.loads(done.read_text())
-            rows.append({"variant": variant.name, "seed": seed, "run": str(run),
-                         **metrics_row(metrics)})
+            rows.append({"variant": variant.name, **dict(variant.tags), "seed": seed,
+                         "run": str(run), **metrics_row(metrics)})
     return rows
 
 
@@ -217,6 +219,42 @@ def speed_vs_scale(model, dataset, scales: Sequence[int], infer=None,
         rows.append({"scale": scale, "images": n, "seconds": seconds,
                      "images_per_s": n / max(seconds, 1e-9), **metrics_row(metrics)})
     return rows
+
+
+def table_xi_scales(test_size: int) -> List[int]:
+    """The shorter-edge sizes of Table XI (400, 600, 800 px against the paper's 800 px test
+    size), scaled to a model tested at ``test_size`` (256 -> 128, 192, 256)."""
+    return [int(round(test_size * s / 800)) for s in (400, 600, 800)]
+
+
+def speed_points(rows: Sequence[dict], source: str = "measured") -> List[dict]:
+    """Points ``{"name", "fps", "pq", "source"}`` to plot: of :func:`speed_vs_scale` rows
+    (named by scale), or of ``PAPER["table_xi"]`` with ``source="paper"``."""
+    if source == "paper":
+        return [{"name": f"{r['name']} {r['scale']}", "fps": r["fps"], "pq": r["pq"],
+                 "source": "paper"} for r in rows]
+    return [{"name": f"{r['scale']} px", "fps": r["images_per_s"], "pq": r["pq"],
+             "source": source} for r in rows]
+
+
+def describe_speed(rows: Sequence[dict]) -> str:
+    """Plain sentences on :func:`speed_vs_scale` rows: how much faster the smallest scale runs
+    than the largest, and what it costs in PQ / PQ_Th / PQ_St, next to the paper's SpatialFlow
+    R50 at 400 vs 800 px (Table XI)."""
+    if len(rows) < 2:
+        raise ValueError("need rows of at least two scales")
+    small, large = min(rows, key=lambda r: r["scale"]), max(rows, key=lambda r: r["scale"])
+    paper = {r["scale"]: r for r in PAPER["table_xi"] if r["name"] == "SpatialFlow R50"}
+    p_small, p_large = paper[400], paper[800]
+    d = {m: small[m] - large[m] for m in ("pq", "pq_th", "pq_st")}
+    pd = {m: p_small[m] - p_large[m] for m in ("pq", "pq_th", "pq_st")}
+    return (f"- At {small['scale']} px this machine runs {small['images_per_s']:.2f} images/s, "
+            f"{small['images_per_s'] / large['images_per_s']:.2f}x the "
+            f"{large['images_per_s']:.2f} images/s at {large['scale']} px "
+            f"(paper, V100, 400 vs 800 px: {p_small['fps'] / p_large['fps']:.2f}x).\n"
+            f"- Going from {large['scale']} to {small['scale']} px changes PQ by "
+            f"{d['pq']:+.1f}, PQ_Th by {d['pq_th']:+.1f} and PQ_St by {d['pq_st']:+.1f} "
+            f"(paper: {pd['pq']:+.1f}, {pd['pq_th']:+.1f}, {pd['pq_st']:+.1f}).")
 
 
 def _progress(items, desc: str, enabled: bool):
@@ -324,7 +362,8 @@ def describe_differences(rows: Sequence[dict], reference: str,
             spread = max(e[m]["std"], ref[m]["std"])
             if min(e[m]["n"], ref[m]["n"]) > 1:
                 (within if abs(diff) <= spread else beyond).append(labels.get(m, m))
-        line = f"- **{name}** vs **{reference}**: " + ", ".join(parts) + ". "
+        label = (lambda v: str(v)) if by == "variant" else (lambda v: f"{by} = {v}")
+        line = f"- **{label(name)}** vs **{label(reference)}**: " + ", ".join(parts) + ". "
         if not within and not beyond:
             line += "One run each: no seed-to-seed spread to judge these differences by."
         else:

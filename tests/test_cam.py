@@ -263,6 +263,10 @@ def test_overlay_and_flows_figure():
     assert titles[:3] == ["image", "cls CAM: car", "stuff CAM: road"]
     assert [fig.axes[i].get_ylabel() for i in (0, 3)] == ["with flows", "without flows"]
     assert all(not hooks_left(m) for m in models.values())
+    fig = C.levels_figure(image, models["with flows"], "stuff", 0, title="stuff head")
+    assert [ax.get_title() for ax in fig.axes] == ["combined", "P3", "P4", "P5"]
+    assert fig._suptitle.get_text() == "stuff head"
+    assert len(C.levels_figure(image, models["with flows"], "cls").axes) == 6
 
 
 def test_largest_classes_picks_the_largest_thing_and_stuff():
@@ -279,3 +283,17 @@ def test_largest_classes_picks_the_largest_thing_and_stuff():
     assert largest_classes(segs, cats) == (2, 8)  # two instances of 2 outweigh one of 1
     assert largest_classes(segs[3:5], cats) == (None, 8)
     assert largest_classes([], cats) == (None, None)
+
+
+def test_cam_examples_finds_items_with_a_thing_and_stuff():
+    from viz.cam import cam_examples
+
+    segs = [[{"category_id": 149, "area": 5}],                                      # stuff only
+            [{"category_id": 3, "area": 5}, {"category_id": 149, "area": 9}],
+            [{"category_id": 1, "area": 1}, {"category_id": 3, "area": 2},
+             {"category_id": 187, "area": 9}]]
+    ds = type("DS", (), {"categories": CATS, "annotation": lambda self, i: {"segments_info":
+                                                                             segs[i]},
+                         "__len__": lambda self: len(segs)})()
+    assert cam_examples(ds, 5) == [(1, 3, 149), (2, 3, 187)]
+    assert cam_examples(ds, 1) == [(1, 3, 149)]

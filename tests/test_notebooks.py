@@ -35,8 +35,14 @@ def run_quick(name, tmp_path, **parameters):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type == "error"]
     assert not errors
-    return nb, "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                         for o in c.outputs)
+    return nb, "\n".join(o.get("text", "") + o.get("data", {}).get("text/markdown", "")
+                         for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def images(nb):
+    """The number of images each code cell shows."""
+    return [sum(any(m.startswith("image/") for m in o.get("data", {})) for o in c.outputs)
+            for c in nb.cells if c.cell_type == "code"]
 
 
 def test_01_quickstart(tmp_path):
@@ -47,10 +53,9 @@ def test_01_quickstart(tmp_path):
     metrics = json.loads((out / "run" / "eval" / "final" / "metrics.json").read_text())
     assert {"panoptic", "bbox"} <= set(metrics)
     assert "PQ" in text and "Things" in text and "box AP" in text
-    images = [sum(any(m.startswith("image/") for m in o.get("data", {})) for o in c.outputs)
-              for c in nb.cells if c.cell_type == "code"]
-    assert images[-3] >= 1, images  # the training curves
-    assert images[-1] == 2, images  # SHOW=2 ground truth | prediction pairs
+    shown = images(nb)
+    assert shown[-3] >= 1, shown  # the training curves
+    assert shown[-1] == 2, shown  # SHOW=2 ground truth | prediction pairs
 
 
 def widget_views(nb):
@@ -70,3 +75,51 @@ def test_04_panoptic_explorer_with_a_run_and_without(tmp_path):
                          DATA=str(data), QUICK=False)
     assert len(widget_views(nb)) == 1
     assert "'thresholds': None" in text and "ground truth" in text
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    """One study folder for notebooks 02, 03, 05 and 06, as they share it in use."""
+    return tmp_path_factory.mktemp("studies")
+
+
+def test_02_flows_ablation(studies, tmp_path):
+    nb, text = run_quick("02_flows_ablation", tmp_path, OUT=str(studies))
+    rows = json.loads((studies / "02_flows_ablation.json").read_text())
+    assert {k: len(v) for k, v in rows.items()} == {"Table V": 4, "Table IX": 5, "Fig. 4": 3}
+    for r in rows["Table V"] + rows["Table IX"] + rows["Fig. 4"]:
+        assert {"variant", "seed", "run", "pq", "pq_th", "pq_st", "ap"} <= set(r)
+    # 8 distinct models: shared rows are trained once
+    assert len({r["run"] for v in rows.values() for r in v}) == 8
+    for name in ("Table V", "Table IX", "Fig. 4"):
+        assert f"**{name}, measured**" in text
+    assert "| variant | n | pq | pq_th | pq_st |" in text and "| + both | 1 |" in text
+    assert "| + sub-networks | 40.3 | 46.2 | 31.4 |" in text  # the paper's table beside
+    assert "- **+ stuff-thing** vs **-**: PQ " in text and "One run each" in text
+    assert sum(images(nb)) == 3  # one bar chart per study
+
+
+def test_03_cam_heatmaps(studies, tmp_path):
+    nb, text = run_quick("03_cam_heatmaps", tmp_path, OUT=str(studies), IMAGES=2, SPLIT="train")
+    assert "'spatial flows'" in text and "'base'" in text  # the two models' PQ
+    assert "2 of the 8 train images shown" in text
+    assert images(nb)[-2:] == [2, 2]  # a with/without figure per image; cls and stuff levels
+
+
+def test_05_loss_balance(studies, tmp_path):
+    nb, text = run_quick("05_loss_balance", tmp_path, OUT=str(studies))
+    rows = json.loads((studies / "05_loss_balance.json").read_text())
+    assert sorted(r["lambda"] for r in rows) == [0.75, 1.0]
+    assert "| lambda | n | pq | pq_th | pq_st |" in text and "| 0.25 | 39.30 |" in text
+    assert "- **lambda = 0.75** vs **lambda = 1.0**: PQ " in text
+    assert sum(images(nb)) == 2  # measured and paper curves
+
+
+def test_06_accuracy_vs_speed(studies, tmp_path):
+    nb, text = run_quick("06_accuracy_vs_speed", tmp_path, OUT=str(studies))
+    saved = json.loads((studies / "06_accuracy_vs_speed.json").read_text())
+    assert [r["scale"] for r in saved["rows"]] == [64, 96, 128]  # Table XI scaled to 128 px
+    assert all(r["images_per_s"] > 0 and r["images"] == 2 for r in saved["rows"])
+    assert "| scale | images | seconds | images_per_s | pq |" in text
+    assert "At 64 px this machine runs" in text and "(paper, V100, 400 vs 800 px: 1.90x)" in text
+    assert sum(images(nb)) == 2

@@ -188,3 +188,19 @@ def test_lambda_plot():
     single = lambda_plot(rows[:1] + rows[3:], metrics=("pq_th",)).axes[0]
     assert series(single)["PQ_Th"] == ([0.5, 1.0], [41.0, 40.0])
     assert np.asarray(single.containers[0].lines[2]).size == 0   # no error bars for one seed
+
+
+def test_study_parts_table_paper_bars_and_sentences():
+    from spatialflow.studies import PAPER
+    from viz.report import study_parts
+
+    rows = [{"variant": v, "seed": s, "pq": pq + s, "pq_th": 1.0, "pq_st": 2.0 * pq}
+            for s in (0, 1) for v, pq in (("baseline", 10.0), ("+ both", 12.0))]
+    parts = study_parts("Table V", rows, "baseline", PAPER["table_v"])
+    assert len(parts) == 4
+    assert parts[0].startswith("**Table V, measured**")
+    assert "| baseline | 2 | 10.5 ± 0.7 | 1.0 ± 0.0 | 20.0 ± 0.0 |" in parts[0]
+    assert "| + sub-networks | 40.3 | 46.2 | 31.4 |" in parts[1]
+    assert isinstance(parts[2], Figure) and parts[2].axes[0].get_title() == "Table V"
+    assert parts[3].startswith("- **+ both** vs **baseline**: PQ +2.0 (paper +1.2, same sign)")
+    assert len(study_parts("x", rows, "+ both")) == 3  # no paper table

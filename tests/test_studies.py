@@ -8,9 +8,10 @@ from spatialflow.data.coco_panoptic import CocoPanopticDataset
 from spatialflow.data.synthetic import make_synthetic
 from spatialflow.model import build_model
 from spatialflow.studies import (PAPER, Variant, components_variants, config_key,
-                                 describe_differences, fig4_variants, flows_variants,
-                                 format_summary, format_table, lambda_variants, run_study,
-                                 slug, speed_vs_scale, summarize)
+                                 describe_differences, describe_speed, fig4_variants,
+                                 flows_variants, format_summary, format_table, lambda_variants,
+                                 run_study, slug, speed_points, speed_vs_scale, summarize,
+                                 table_xi_scales)
 
 FLOWS = ("reg_to_cls", "reg_to_stuff", "reg_to_thing", "stuff_to_thing")
 
@@ -64,10 +65,12 @@ def test_run_study_trains_each_run_once_and_caches(data_root, tmp_path):
     fast = [f"data.root={data_root}", "data.min_size=[64]", "data.test_size=64",
             "data.num_workers=0", "train.max_iters=1", "train.batch_size=2",
             "train.base_batch_size=2", "train.warmup_iters=0", "infer.stuff_area=0"]
-    variants = [Variant("no flows", ("model.flows.reg_to_cls=false",)), Variant("flows")]
+    variants = [Variant("no flows", ("model.flows.reg_to_cls=false",), (("x", 1.5),)),
+                Variant("flows")]
     rows = run_study(variants, [0, 1], tmp_path / "study", overrides=fast, progress=False)
     assert [(r["variant"], r["seed"]) for r in rows] == [("no flows", 0), ("no flows", 1),
                                                          ("flows", 0), ("flows", 1)]
+    assert [r.get("x") for r in rows] == [1.5, 1.5, None, None]  # the variant's tags
     for r in rows:
         assert {"pq", "pq_th", "pq_st", "sq", "rq", "ap"} <= set(r)
         assert 0 <= r["pq"] <= 100
@@ -81,6 +84,10 @@ def test_run_study_trains_each_run_once_and_caches(data_root, tmp_path):
     again = run_study(variants, [0, 1], tmp_path / "study", overrides=fast, progress=False,
                       train_fn=must_not_train)
     assert again == rows
+    # the same model under another name re-uses the runs
+    same = run_study([Variant("other name", ("model.flows.reg_to_cls=false",))], [1],
+                     tmp_path / "study", overrides=fast, progress=False, train_fn=must_not_train)
+    assert same[0]["run"] == rows[1]["run"] and same[0]["pq"] == rows[1]["pq"]
 
 
 def test_speed_vs_scale(data_root, tmp_path):
@@ -133,3 +140,25 @@ def test_format_table():
     text = format_table(PAPER["table_xi"][:2], ["name", "scale", "pq", "fps"])
     assert text.splitlines()[0] == "| name | scale | pq | fps |"
     assert "| PanopticFPN R50 | 800 | 39.0 | 18.9 |" in text
+
+
+def test_table_xi_scales_and_speed_description():
+    assert table_xi_scales(800) == [400, 600, 800] and table_xi_scales(256) == [128, 192, 256]
+    rows = [{"scale": 128, "images_per_s": 6.0, "pq": 30.0, "pq_th": 10.0, "pq_st": 50.0},
+            {"scale": 256, "images_per_s": 2.0, "pq": 35.0, "pq_th": 20.0, "pq_st": 49.0}]
+    text = describe_speed(rows)
+    assert "At 128 px this machine runs 6.00 images/s, 3.00x the 2.00 images/s at 256 px" in text
+    assert "(paper, V100, 400 vs 800 px: 1.90x)" in text
+    assert "changes PQ by -5.0, PQ_Th by -10.0 and PQ_St by +1.0 (paper: -3.5, -5.3, -0.5)" in text
+    with pytest.raises(ValueError):
+        describe_speed(rows[:1])
+    points = speed_points(rows) + speed_points(PAPER["table_xi"], "paper")
+    assert points[0] == {"name": "128 px", "fps": 6.0, "pq": 30.0, "source": "measured"}
+    assert points[2] == {"name": "PanopticFPN R50 800", "fps": 18.9, "pq": 39.0,
+                         "source": "paper"}
+
+
+def test_describe_differences_by_another_key():
+    rows = [{"lambda": 1.0, "pq": 10.0}, {"lambda": 0.25, "pq": 12.0}]
+    text = describe_differences(rows, 1.0, ("pq",), paper=PAPER["table_iv"], by="lambda")
+    assert text.startswith("- **lambda = 0.25** vs **lambda = 1.0**: PQ +2.0 (paper +1.8, same")

@@ -321,6 +321,21 @@ def largest_classes(segments: Sequence[Mapping], categories: CategoryMap
     return best[0], best[1]
 
 
+def cam_examples(dataset, count: int) -> List[Tuple[int, int, int]]:
+    """``(index, thing category id, stuff category id)`` of the first ``count`` items of
+    ``dataset`` (a :class:`~spatialflow.data.CocoPanopticDataset`) that have both a thing and
+    a stuff segment, with their :func:`largest_classes`; read from the annotations only."""
+    found = []
+    for i in range(len(dataset)):
+        if len(found) == count:
+            break
+        thing, stuff = largest_classes(dataset.annotation(i)["segments_info"],
+                                       dataset.categories)
+        if thing is not None and stuff is not None:
+            found.append((i, thing, stuff))
+    return found
+
+
 def flows_comparison_figure(image: torch.Tensor, models: Mapping[str, nn.Module],
                             categories: CategoryMap, thing_class: int, stuff_class: int,
                             method: str = "gradcam") -> Figure:
@@ -342,4 +357,23 @@ def flows_comparison_figure(image: torch.Tensor, models: Mapping[str, nn.Module]
             ax.set_xticks([])
             ax.set_yticks([])
         row[0].set_ylabel(name)
+    return fig
+
+
+def levels_figure(image: torch.Tensor, model: nn.Module, head: str = "cls",
+                  target: Union[None, int, Callable] = None, method: str = "gradcam",
+                  title: Optional[str] = None) -> Figure:
+    """One row: the combined CAM of ``head`` and then its map at each FPN level (P3 first:
+    5 for cls, 3 for stuff), each over the image (see :func:`compute_cam` for ``target``)."""
+    maps = [compute_cam(model, image, head, target, method)]
+    maps += compute_cam(model, image, head, target, method, per_level=True)
+    names = ["combined"] + [name.upper() for name in FPN_LEVELS[:len(maps) - 1]]
+    fig = Figure(figsize=(2.2 * len(maps), 2.6), layout="constrained")
+    for ax, cam, name in zip(fig.subplots(1, len(maps), squeeze=False)[0], maps, names):
+        ax.imshow(cam_overlay(image, cam))
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig
