@@ -1,6 +1,7 @@
 # The two set-up commands of the README:
 #   make demo   installs everything into .venv and runs the CPU demo on the synthetic data
 #   make test   installs everything into .venv and runs the whole test suite
+# and: make figures (the README's pictures)
 # Only python3 (3.9+) is needed beforehand.
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test figures clean
 
 install: $(STAMP)
 
@@ -22,6 +23,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# the README's pictures (docs/figures/*.png) from the Table V study runs in runs/studies
+# (shared with the notebooks; missing runs are trained first: about 8 minutes each)
+figures: install
+	$(PY) -m viz.figures
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,101 @@
+"""Regenerate the pictures the README shows, from the package's own code (``make figures``)::
+
+    python -m viz.figures [--out docs/figures] [--study runs/studies] [--seeds 0 1]
+
+* ``overlay.png``: ground truth | prediction of the full model on val images;
+* ``cam_pair.png``: paper Fig. 5, cls- and stuff-head Grad-CAM with and without spatial flows;
+* ``ablation.png``: paper Table V on the synthetic data, mean and std over seeds.
+
+The models come from :func:`spatialflow.studies.run_study` over Table V's variants in the
+study folder that notebooks 02, 03, 05 and 06 share: runs already there are re-used, missing
+ones are trained (about 8 minutes each at 300 iterations on 2 cores). ``figures.json`` beside
+the pictures records the rows and the command that made them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from spatialflow.data.coco_panoptic import CocoPanopticDataset
+from spatialflow.engine.predict import predict_image, to_tensor
+from spatialflow.engine.train import load_run
+from spatialflow.studies import QUICK_OVERRIDES, components_variants, run_study
+from viz.cam import cam_examples, flows_comparison_figure
+from viz.plots import ablation_bars
+from viz.widgets import render_view
+
+FIGURES = ("overlay.png", "cam_pair.png", "ablation.png")
+
+
+def make_figures(out, study="runs/studies", base: str = "tiny-cpu",
+                 overrides: Sequence[str] = ("train.max_iters=300",),
+                 seeds: Sequence[int] = (0, 1), images: int = 2, split: Optional[str] = None,
+                 progress: bool = True, dpi: int = 100) -> Dict[str, Path]:
+    """Write :data:`FIGURES` into ``out`` from the Table V runs of ``study`` (trained there
+    if missing, ``overrides`` applied to ``base``); the overlay and the CAMs show the first
+    ``images`` images of ``split`` (default: the val split) that have a thing and a stuff
+    segment, with the first seed's models. Returns ``{name: path}``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = run_study(components_variants(), seeds, study, base, overrides, progress)
+    run = {r["variant"]: r["run"] for r in rows if r["seed"] == seeds[0]}
+    cfg, model, categories = load_run(run["+ both"])
+    without = load_run(run["+ sub-networks"])[1]
+    data = CocoPanopticDataset.from_root(cfg.data.root, split or cfg.data.val_split)
+    examples = cam_examples(data, images)
+    if not examples:
+        raise RuntimeError(f"no image of {data.panoptic_json} has both a thing and a stuff segment")
+
+    views = []
+    for index, _, _ in examples:
+        image, gt, record = data.load(index)
+        _, pan, segments = predict_image(model, to_tensor(image), categories, cfg.infer,
+                                         cfg.data.test_size, cfg.data.max_size)
+        views.append(render_view(image, [("ground truth", gt, record["segments_info"]),
+                                         ("SpatialFlow", pan, segments)], categories))
+    gap = np.full((6, views[0].shape[1], 3), 255, np.uint8)
+    overlay = np.concatenate([v for view in views for v in (view, gap)][:-1])
+    paths = {name: out / name for name in FIGURES}
+    Image.fromarray(overlay).save(paths["overlay.png"])
+
+    index, thing, stuff = examples[0]
+    models = {"with spatial flows": model, "without flows": without}
+    flows_comparison_figure(to_tensor(data.load(index)[0]), models, categories, thing,
+                            stuff).savefig(paths["cam_pair.png"], dpi=dpi)
+    ablation_bars(rows, title=f"Table V on the synthetic data ({len(seeds)} seed(s))"
+                  ).savefig(paths["ablation.png"], dpi=dpi)
+    (out / "figures.json").write_text(json.dumps(
+        {"command": " ".join(["python -m viz.figures", *sys.argv[1:]]), "study": str(study),
+         "overrides": list(overrides), "seeds": list(seeds), "rows": rows}, indent=1))
+    return paths
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m viz.figures", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="docs/figures", help="folder of the PNGs")
+    p.add_argument("--study", default="runs/studies", help="the study folder (runs re-used)")
+    p.add_argument("--preset", default="tiny-cpu")
+    p.add_argument("--iters", type=int, default=300, help="training iterations per run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--images", type=int, default=2, help="images in the overlay")
+    p.add_argument("--split", default=None, help="split of the shown images (default val)")
+    p.add_argument("--quick", action="store_true",
+                   help="2 iterations on 10 tiny images (a check that it works, not a result)")
+    a = p.parse_args(argv)
+    overrides = list(QUICK_OVERRIDES) if a.quick else [f"train.max_iters={a.iters}"]
+    paths = make_figures(a.out, a.study, a.preset, overrides, a.seeds, a.images, a.split,
+                         progress=not a.quick)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
