@@ -116,6 +116,9 @@ def config_key(cfg) -> str:
     d = config_to_dict(cfg)
     d["train"].pop("seed")
     d["data"].pop("root")
+    if not cfg.model.subnets:  # no stuff / thing tower: their flows are not built
+        for flow in ("reg_to_stuff", "reg_to_thing", "stuff_to_thing"):
+            d["model"]["flows"].pop(flow)
     d.pop("name", None), d.pop("description", None)
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 

@@ -113,6 +113,10 @@ def test_config_key_names_what_is_trained():
     assert len({key(*v.overrides) for v in components_variants() + flows_variants()
                 + fig4_variants()}) == 8
     assert key("model.stuff_loss_weight=0.3") != key()
+    # without sub-networks the stuff and thing flows are not built
+    assert key("model.subnets=false") == key("model.subnets=false",
+                                             "model.flows.stuff_to_thing=false")
+    assert key("model.subnets=false") != key("model.subnets=false", "model.flows.reg_to_cls=false")
 
 
 def test_describe_differences_says_what_the_numbers_show():
