@@ -334,7 +334,8 @@ class PanopticExplorer:
                                 self.box_fill_enabled]))
         else:
             self.show_gt.layout.display = "none"
-        rows.append(W.HBox([self.image, self.info]))
+        # flex-start: the image keeps its own height next to a taller info column
+        rows.append(W.HBox([self.image, self.info], layout=W.Layout(align_items="flex-start")))
         self.widget = W.VBox(rows)
 
         self.split.observe(self._on_split, names="value")
