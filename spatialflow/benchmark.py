@@ -1,0 +1,316 @@
+"""Inference speed of SpatialFlow next to torchvision's peers, on this machine, in one run.
+
+Every model runs in eval mode under ``torch.inference_mode`` with random weights on the same
+input image, with the same number of threads, after warm-up; a figure is the median of the
+repeated runs. SpatialFlow's time is split into backbone + FPN, the four towers (with the
+flows), the heads (cls, reg, stuff, thing) and post-processing (everything else: anchors, box
+decoding and NMS, mask pasting, and the panoptic merge, which is timed as part of the run).
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add = 2 FLOPs,
+convolutions and matrix products), and the machine's peak is measured in the same run as one
+3x3 256->256 convolution at the P3 shape, in NCHW and in channels_last.
+
+``spatialflow bench`` prints the table and writes the JSON; the functions are also usable
+from Python (``benchmarks/`` has the scripts).
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+import warnings
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+#: the paper's own speed ratio (Table XI): SpatialFlow 10.3 FPS vs Panoptic FPN 18.9 FPS on a
+#: V100 at 800 px
+PAPER_RATIO = 18.9 / 10.3
+#: stages of SpatialFlow's inference time, and the modules each one times
+STAGES = {"backbone+FPN": ("backbone",), "towers": ("subnets",),
+          "heads": ("head", "stuff_head", "thing_head")}
+#: shorter edges of Table XI
+SIZES = (400, 600, 800)
+
+
+def image_shape(short: int, aspect: float = 4 / 3) -> Tuple[int, int]:
+    """``(H, W)`` of a landscape image with shorter edge ``short`` (COCO's typical 4:3)."""
+    return short, int(round(short * aspect))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1,
+                device: str = "cpu") -> dict:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeat`` times: ``{"median", "min",
+    "runs"}`` in seconds (CUDA work is waited for)."""
+    dev = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    _sync(dev)
+    runs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        _sync(dev)
+        runs.append(time.perf_counter() - start)
+    return {"median": statistics.median(runs), "min": min(runs), "runs": runs}
+
+
+@contextmanager
+def stage_timer(model: nn.Module, stages: Dict[str, Sequence[str]],
+                device: str = "cpu") -> Iterator[Dict[str, float]]:
+    """Seconds spent in the forward passes of named submodules, summed per stage while the
+    context is open (forward pre- and post-hooks; CUDA work is waited for at each)."""
+    dev = torch.device(device)
+    totals = {name: 0.0 for name in stages}
+    started: Dict[int, float] = {}
+    handles = []
+
+    def pre(module, args):
+        _sync(dev)
+        started[id(module)] = time.perf_counter()
+
+    def post_for(stage):
+        def post(module, args, output):
+            _sync(dev)
+            totals[stage] += time.perf_counter() - started.pop(id(module))
+        return post
+
+    for stage, paths in stages.items():
+        for path in paths:
+            module = model.get_submodule(path)
+            handles.append(module.register_forward_pre_hook(pre))
+            handles.append(module.register_forward_hook(post_for(stage)))
+    try:
+        yield totals
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of ``fn`` (``FlopCounterMode``; a multiply-add = 2)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def conv_peak(height: int, width: int, channels: int = 256, repeat: int = 5,
+              channels_last: bool = False, device: str = "cpu") -> dict:
+    """This machine's rate on one 3x3 ``channels`` -> ``channels`` convolution of a
+    ``[1, channels, height, width]`` input (e.g. P3 of an image): ``{"gflops", "seconds",
+    "gflop_per_s", "layout"}``."""
+    conv = nn.Conv2d(channels, channels, 3, padding=1).to(device).eval()
+    x = torch.randn(1, channels, height, width, device=device)
+    if channels_last:
+        conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(
+            memory_format=torch.channels_last)
+    with torch.inference_mode():
+        flops = count_flops(lambda: conv(x))
+        t = median_time(lambda: conv(x), repeat, 1, device)
+    return {"layout": "channels_last" if channels_last else "NCHW", "gflops": flops / 1e9,
+            "seconds": t["median"], "gflop_per_s": flops / 1e9 / t["median"]}
+
+
+# --- the models -------------------------------------------------------------------------------
+def spatialflow_variants() -> Dict[str, Tuple[str, ...]]:
+    """The SpatialFlow models compared: all flows, without flows, the naive baseline."""
+    from spatialflow.studies import components_variants
+
+    no_flows = components_variants()[1].overrides
+    return {"SpatialFlow R50": (), "SpatialFlow R50, no flows": no_flows,
+            "naive baseline R50": components_variants()[0].overrides}
+
+
+def build_spatialflow(overrides: Sequence[str] = (), preset: str = "r50-coco",
+                      seed: int = 0):
+    """``(model in eval mode, config, categories)``: a preset's model with random weights,
+    COCO's class counts and ``score_thresh`` 0 (always the full 100 detections)."""
+    from spatialflow.config import load_config
+    from spatialflow.model.spatialflow import build_model
+    from spatialflow.model.summary import summary_categories
+
+    cfg = load_config(preset, ["infer.score_thresh=0.0", *overrides])
+    categories = summary_categories(cfg)
+    with torch.random.fork_rng(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # frozen BN without pretrained weights
+        torch.manual_seed(seed)
+        model = build_model(cfg, categories).eval()
+    return model, cfg, categories
+
+
+def build_peer(name: str, short: int, long: int, seed: int = 0) -> nn.Module:
+    """torchvision's ``maskrcnn_resnet50_fpn`` or ``retinanet_resnet50_fpn`` (``weights=None``,
+    91 classes), set to keep the input size and to return the full 100 detections."""
+    from torchvision.models import detection
+
+    builders = {"Mask R-CNN R50-FPN": (detection.maskrcnn_resnet50_fpn, "box_score_thresh"),
+                "RetinaNet R50-FPN": (detection.retinanet_resnet50_fpn, "score_thresh")}
+    if name not in builders:
+        raise ValueError(f"unknown peer {name!r}; one of {sorted(builders)}")
+    build, thresh = builders[name]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build(weights=None, weights_backbone=None, num_classes=91, min_size=short,
+                     max_size=long, **{thresh: 0.0}).eval()
+
+
+PEERS = ("Mask R-CNN R50-FPN", "RetinaNet R50-FPN")
+
+
+# --- the benchmark ------------------------------------------------------------------------------
+def bench_spatialflow(name: str, overrides: Sequence[str], image: torch.Tensor,
+                      repeat: int, device: str, preset: str = "r50-coco") -> dict:
+    """One row: median seconds of ``predict`` (network + pasting + merge) of one image, its
+    split into :data:`STAGES` and post-processing, FLOPs and detections."""
+    from spatialflow.engine.predict import merge_kwargs
+    from spatialflow.panoptic import merge_outputs
+
+    model, cfg, categories = build_spatialflow(overrides, preset)
+    model.to(device)
+    x = image.to(device)
+    thresholds = merge_kwargs(cfg.infer)
+
+    def run():
+        out = model([x])[0]
+        return merge_outputs({k: v.cpu() for k, v in out.items()}, categories, **thresholds)
+
+    with torch.inference_mode():
+        flops = count_flops(lambda: model([x]))
+        detections = len(model([x])[0]["boxes"])
+        total = median_time(run, repeat, 1, device)
+        per_run = []
+        for _ in range(repeat):
+            with stage_timer(model, STAGES, device) as stages:
+                start = time.perf_counter()
+                run()
+                _sync(torch.device(device))
+                elapsed = time.perf_counter() - start
+            per_run.append({**stages, "post-processing": elapsed - sum(stages.values())})
+    split = {k: statistics.median(r[k] for r in per_run) for k in per_run[0]}
+    return _row(name, x, total, flops, detections, split)
+
+
+def bench_peer(name: str, image: torch.Tensor, repeat: int, device: str) -> dict:
+    """One row for a torchvision peer: median seconds of its forward (its own resizing is a
+    no-op at this size; post-processing included), split into backbone+FPN and the rest."""
+    h, w = image.shape[-2:]
+    model = build_peer(name, min(h, w), max(h, w)).to(device)
+    x = image.to(device)
+    with torch.inference_mode():
+        flops = count_flops(lambda: model([x]))
+        detections = len(model([x])[0]["boxes"])
+        total = median_time(lambda: model([x]), repeat, 1, device)
+        per_run = []
+        for _ in range(repeat):
+            with stage_timer(model, {"backbone+FPN": ("backbone",)}, device) as stages:
+                start = time.perf_counter()
+                model([x])
+                _sync(torch.device(device))
+                elapsed = time.perf_counter() - start
+            per_run.append({**stages, "rest": elapsed - stages["backbone+FPN"]})
+    split = {k: statistics.median(r[k] for r in per_run) for k in per_run[0]}
+    return _row(name, x, total, flops, detections, split)
+
+
+def _row(name, x, total, flops, detections, split) -> dict:
+    return {"model": name, "size": list(x.shape[-2:]), "seconds": total["median"],
+            "seconds_min": total["min"], "fps": 1 / total["median"], "gflops": flops / 1e9,
+            "gflop_per_s": flops / 1e9 / total["median"], "detections": detections,
+            "split": split}
+
+
+def run_inference_bench(sizes: Sequence[int] = SIZES, repeat: int = 3,
+                        threads: Optional[int] = None, device: str = "cpu",
+                        models: Optional[Sequence[str]] = None, preset: str = "r50-coco",
+                        progress: Optional[Callable[[str], None]] = print) -> dict:
+    """The whole inference comparison: for each shorter edge in ``sizes`` (a 4:3 random
+    image), every SpatialFlow variant (of ``preset``) and peer (``models``: names to keep,
+    default all), plus the conv peak at each size's P3 shape. Returns ``{"machine", "rows", "peak",
+    "ratios"}`` where ``ratios`` gives, per size, SpatialFlow R50's time over Mask R-CNN's
+    and its GFLOP/s over Mask R-CNN's."""
+    if threads:
+        torch.set_num_threads(threads)
+    variants = spatialflow_variants()
+    names = list(variants) + list(PEERS)
+    if models is not None:
+        unknown = [m for m in models if m not in names]
+        if unknown:
+            raise ValueError(f"unknown models {unknown}; known: {names}")
+        names = [n for n in names if n in models]
+    rows, peak = [], []
+    for size in sizes:
+        h, w = image_shape(size)
+        image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(size))
+        for layout in (False, True):
+            peak.append({"size": size, **conv_peak(-(-h // 8), -(-w // 8), repeat=repeat,
+                                                    channels_last=layout, device=device)})
+        for name in names:
+            if progress:
+                progress(f"{size} px: {name}")
+            if name in variants:
+                rows.append(bench_spatialflow(name, variants[name], image, repeat, device,
+                                              preset))
+            else:
+                rows.append(bench_peer(name, image, repeat, device))
+            rows[-1]["short"] = size
+    return {"machine": machine_info(device), "repeat": repeat, "rows": rows, "peak": peak,
+            "ratios": ratios(rows)}
+
+
+def ratios(rows: Sequence[dict], model: str = "SpatialFlow R50",
+           peer: str = "Mask R-CNN R50-FPN") -> List[dict]:
+    """Per size where both ran: ``model``'s time over ``peer``'s (the paper's SpatialFlow vs
+    Panoptic FPN: :data:`PAPER_RATIO`) and its GFLOP/s over the peer's (>= 1: no less
+    efficient per FLOP)."""
+    out = []
+    for size in sorted({r["short"] for r in rows}):
+        a = next((r for r in rows if r["short"] == size and r["model"] == model), None)
+        b = next((r for r in rows if r["short"] == size and r["model"] == peer), None)
+        if a and b:
+            out.append({"short": size, "time_ratio": a["seconds"] / b["seconds"],
+                        "efficiency_ratio": a["gflop_per_s"] / b["gflop_per_s"],
+                        "paper_time_ratio": PAPER_RATIO})
+    return out
+
+
+def machine_info(device: str = "cpu") -> dict:
+    """What the figures were measured on."""
+    info = {"device": device, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "python": platform.python_version()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def format_inference(result: dict) -> str:
+    """Markdown tables of :func:`run_inference_bench`: per model and size the median time,
+    FPS, GFLOPs, GFLOP/s and the time split; then the conv peak and the ratios."""
+    lines = ["| size | model | s/img | FPS | GFLOPs | GFLOP/s | split (s) |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for r in result["rows"]:
+        split = ", ".join(f"{k} {v:.3f}" for k, v in r["split"].items())
+        lines.append(f"| {r['size'][0]}x{r['size'][1]} | {r['model']} | {r['seconds']:.3f} | "
+                     f"{r['fps']:.2f} | {r['gflops']:.1f} | {r['gflop_per_s']:.1f} | {split} |")
+    lines += ["", "| size | 3x3 conv 256->256 at P3 | GFLOPs | s | GFLOP/s |",
+              "|---|---|---:|---:|---:|"]
+    for p in result["peak"]:
+        lines.append(f"| {p['size']} | {p['layout']} | {p['gflops']:.1f} | {p['seconds']:.4f} | "
+                     f"{p['gflop_per_s']:.1f} |")
+    if result["ratios"]:
+        lines += ["", "| size | SpatialFlow / Mask R-CNN time | paper (vs Panoptic FPN) | "
+                      "GFLOP/s ratio |", "|---|---:|---:|---:|"]
+        for q in result["ratios"]:
+            lines.append(f"| {q['short']} | {q['time_ratio']:.2f}x | "
+                         f"{q['paper_time_ratio']:.2f}x | {q['efficiency_ratio']:.2f} |")
+    m = result["machine"]
+    lines += ["", f"{m['device']} ({m.get('gpu', m['cpu'])}), {m['threads']} threads, torch "
+                  f"{m['torch']}; median of {result['repeat']} runs after one warm-up"]
+    return "\n".join(lines)

@@ -1,0 +1,55 @@
+"""spatialflow.benchmark: the inference comparison runs, its figures add up, nothing leaks."""
+
+import pytest
+import torch
+
+from spatialflow import benchmark as B
+
+
+def hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_stage_timer_sums_module_time_and_removes_its_hooks():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    with B.stage_timer(model, {"first": ("0",), "last": ("2",)}) as t:
+        model(torch.rand(3, 4))
+        model(torch.rand(3, 4))
+    assert set(t) == {"first", "last"} and t["first"] > 0 and t["last"] > 0
+    assert hooks(model) == 0
+
+
+def test_median_time_and_flops():
+    calls = []
+    t = B.median_time(lambda: calls.append(1), repeat=4, warmup=2)
+    assert len(calls) == 6 and len(t["runs"]) == 4 and t["min"] <= t["median"]
+    lin = torch.nn.Linear(8, 16, bias=False)
+    assert B.count_flops(lambda: lin(torch.rand(5, 8))) == 2 * 5 * 8 * 16
+    peak = B.conv_peak(8, 8, channels=16, repeat=2, channels_last=True)
+    assert peak["gflops"] == pytest.approx(2 * 16 * 16 * 9 * 64 / 1e9)
+    assert peak["gflop_per_s"] > 0 and peak["layout"] == "channels_last"
+
+
+def test_inference_bench_on_tiny_models():
+    result = B.run_inference_bench(sizes=[64], repeat=1, preset="tiny-cpu", progress=None,
+                                   models=["SpatialFlow R50", "naive baseline R50",
+                                           "Mask R-CNN R50-FPN"])
+    rows = {r["model"]: r for r in result["rows"]}
+    assert list(rows) == ["SpatialFlow R50", "naive baseline R50", "Mask R-CNN R50-FPN"]
+    for r in rows.values():
+        assert r["size"] == [64, 85] and r["short"] == 64
+        assert r["seconds"] > 0 and r["gflops"] > 0 and r["detections"] > 0
+        assert all(v >= 0 for k, v in r["split"].items() if k not in ("post-processing", "rest"))
+    sf = rows["SpatialFlow R50"]
+    assert set(sf["split"]) == {"backbone+FPN", "towers", "heads", "post-processing"}
+    # the flows and sub-networks cost FLOPs: the naive baseline counts fewer
+    assert rows["naive baseline R50"]["gflops"] < sf["gflops"]
+    assert set(rows["Mask R-CNN R50-FPN"]["split"]) == {"backbone+FPN", "rest"}
+    assert [q["short"] for q in result["ratios"]] == [64]
+    assert result["ratios"][0]["time_ratio"] == pytest.approx(
+        sf["seconds"] / rows["Mask R-CNN R50-FPN"]["seconds"])
+    assert [p["layout"] for p in result["peak"]] == ["NCHW", "channels_last"]
+    text = B.format_inference(result)
+    assert "| 64x85 | SpatialFlow R50 |" in text and "SpatialFlow / Mask R-CNN time" in text
+    with pytest.raises(ValueError, match="unknown models"):
+        B.run_inference_bench(sizes=[64], models=["nope"], progress=None)
