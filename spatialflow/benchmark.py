@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from spatialflow.errors import InputError
+
 #: the paper's own speed ratio (Table XI): SpatialFlow 10.3 FPS vs Panoptic FPN 18.9 FPS on a
 #: V100 at 800 px
 PAPER_RATIO = 18.9 / 10.3
@@ -154,7 +156,7 @@ def build_peer(name: str, short: int, long: int, seed: int = 0) -> nn.Module:
     builders = {"Mask R-CNN R50-FPN": (detection.maskrcnn_resnet50_fpn, "box_score_thresh"),
                 "RetinaNet R50-FPN": (detection.retinanet_resnet50_fpn, "score_thresh")}
     if name not in builders:
-        raise ValueError(f"unknown peer {name!r}; one of {sorted(builders)}")
+        raise InputError(f"unknown peer {name!r}; one of {sorted(builders)}")
     build, thresh = builders[name]
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -243,7 +245,7 @@ def run_inference_bench(sizes: Sequence[int] = SIZES, repeat: int = 3,
     if models is not None:
         unknown = [m for m in models if m not in names]
         if unknown:
-            raise ValueError(f"unknown models {unknown}; known: {names}")
+            raise InputError(f"unknown models {unknown}; known: {names}")
         names = [n for n in names if n in models]
     rows, peak = [], []
     for size in sizes:

@@ -75,6 +75,32 @@ def cmd_make_data(args) -> int:
 DEMO_DEFAULTS = ["train.max_iters=300"]  # 6-8 minutes of training on 2 cores
 
 
+def cmd_bench(args) -> int:
+    """The inference benchmark (:mod:`spatialflow.benchmark`): prints the tables and writes
+    ``inference.json`` and ``inference.md`` into ``--out``."""
+    import json
+
+    from spatialflow import benchmark
+
+    if args.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {args.device}: no CUDA device here")
+    result = benchmark.run_inference_bench(args.sizes, args.repeat, args.threads, args.device,
+                                           args.models, args.preset)
+    command = "spatialflow bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] \
+        else "spatialflow bench"
+    result["command"] = command
+    text = benchmark.format_inference(result)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "inference.json").write_text(json.dumps(result, indent=1))
+    (out / "inference.md").write_text(f"`{command}`\n\n{text}\n")
+    print(f"written: {out / 'inference.json'}, {out / 'inference.md'}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """The main job on the built-in synthetic data (CPU): make the data, train the ``tiny-cpu``
     preset, evaluate PQ / SQ / RQ and box AP on the val split, write overlays and a report.
@@ -288,6 +314,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=INFER_SET_HELP)
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_predict)
+
+    q = sub.add_parser("bench", help="inference speed, FLOPs and GFLOP/s of SpatialFlow next "
+                                     "to torchvision's Mask R-CNN and RetinaNet")
+    q.add_argument("--sizes", type=int, nargs="+", default=[400, 600, 800],
+                   help="shorter edges of the 4:3 test image (default 400 600 800, Table XI)")
+    q.add_argument("--repeat", type=int, default=3, help="timed runs per figure (median)")
+    q.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
+    q.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    q.add_argument("--models", nargs="+", default=None, help="only these models (names as "
+                   "printed, e.g. 'SpatialFlow R50' 'Mask R-CNN R50-FPN')")
+    q.add_argument("--preset", default="r50-coco", help="SpatialFlow's preset (default r50-coco)")
+    q.add_argument("--out", default="benchmarks/results",
+                   help="folder of inference.json and inference.md (default benchmarks/results)")
+    q.set_defaults(func=cmd_bench)
 
     q = sub.add_parser("demo", help="the CPU demo on the built-in synthetic data")
     q.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

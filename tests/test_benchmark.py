@@ -53,3 +53,20 @@ def test_inference_bench_on_tiny_models():
     assert "| 64x85 | SpatialFlow R50 |" in text and "SpatialFlow / Mask R-CNN time" in text
     with pytest.raises(ValueError, match="unknown models"):
         B.run_inference_bench(sizes=[64], models=["nope"], progress=None)
+
+
+def test_bench_cli_writes_json_and_markdown(tmp_path, capsys):
+    import json
+
+    from spatialflow.cli import main
+
+    out = tmp_path / "bench"
+    assert main(["bench", "--sizes", "64", "--repeat", "1", "--preset", "tiny-cpu", "--models",
+                 "SpatialFlow R50", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| 64x85 | SpatialFlow R50 |" in printed
+    result = json.loads((out / "inference.json").read_text())
+    assert [r["model"] for r in result["rows"]] == ["SpatialFlow R50"]
+    assert (out / "inference.md").read_text().startswith("`spatialflow bench")
+    assert main(["bench", "--sizes", "64", "--models", "nope", "--out", str(out)]) == 2
+    assert "unknown models ['nope']" in capsys.readouterr().err
