@@ -94,6 +94,16 @@ def test_resume_continues_exactly(data_root, tmp_path):
         train(cfg, tmp_path / "straight", progress=False)
 
 
+def test_stop_after_seconds_leaves_a_checkpoint_to_resume(data_root, tmp_path):
+    cfg = fast(data_root, "train.max_iters=12")
+    train(cfg, tmp_path / "timed", progress=False, evaluate_at_end=False, stop_after_s=0.0)
+    assert load_checkpoint(tmp_path / "timed" / "checkpoint_last.pt")["iteration"] == 1
+    assert not (tmp_path / "timed" / "model_final.pt").exists()
+    train(None, tmp_path / "timed", resume=True, progress=False, evaluate_at_end=False,
+          stop_after_s=3600)
+    assert load_checkpoint(tmp_path / "timed" / "model_final.pt")["iteration"] == 12
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -231,7 +231,8 @@ def _log(path: Path, record: dict, on_log=None) -> None:
 
 def train(config, out, resume: bool = False, device: Optional[str] = None,
           progress: bool = True, evaluate_at_end: bool = True,
-          stop_at: Optional[int] = None, on_log=None) -> Path:
+          stop_at: Optional[int] = None, on_log=None,
+          stop_after_s: Optional[float] = None) -> Path:
     """Train a model as ``config`` says into the run folder ``out``; returns ``out``.
 
     Under ``torchrun`` the processes share the work (gloo on CPU, NCCL on GPU), each taking
@@ -240,9 +241,14 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
     iteration with a checkpoint, as an interrupted run would (``resume`` goes on from there).
     ``on_log``: called on process 0 with each record written to ``metrics.jsonl`` (loss terms
     every ``train.log_every`` iterations, metrics at each evaluation), e.g. to draw live curves.
+    ``stop_after_s``: like ``stop_at``, after the first iteration that ends that many seconds
+    after the loop started (one process only; e.g. quality after N minutes of training).
     """
     run = Path(out)
     rank, world, local_rank = dist_info()
+    if stop_after_s is not None and world > 1:
+        raise InputError("stop_after_s works in one process only (the clocks of several "
+                         "processes would stop them at different iterations)")
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     if world > 1 and not dist.is_initialized():
@@ -323,6 +329,7 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
                unit="it", dynamic_ncols=True)
     model.train()
     it, tick, skipped = start, time.perf_counter(), 0
+    deadline = None if stop_after_s is None else tick + stop_after_s
     try:
         for images, targets in loader:
             if it >= total:
@@ -353,9 +360,10 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
                                                  "loss": sum(values.values()), **values,
                                                  "images_per_s": rate, "skipped": skipped},
                          on_log)
-            if it % t.checkpoint_every == 0 or it == total or it == stop_at:
+            leave = it == stop_at or (deadline is not None and time.perf_counter() >= deadline)
+            if it % t.checkpoint_every == 0 or it == total or leave:
                 checkpoint(it)
-            if it == stop_at and it < total:
+            if leave and it < total:
                 bar.close()
                 _barrier()
                 return run
