@@ -316,3 +316,102 @@ def format_inference(result: dict) -> str:
     lines += ["", f"{m['device']} ({m.get('gpu', m['cpu'])}), {m['threads']} threads, torch "
                   f"{m['torch']}; median of {result['repeat']} runs after one warm-up"]
     return "\n".join(lines)
+
+
+# --- training -------------------------------------------------------------------------------------
+def _training_child(preset: str, overrides: Sequence[str], size: int, batch: int, steps: int,
+                    warmup: int, threads: Optional[int], device: str) -> dict:
+    """In a fresh process (so that its peak resident memory is this model's): ``warmup`` +
+    ``steps`` training steps (forward, backward, optimizer) on synthetic images of ``size``
+    px, ``batch`` a step."""
+    import resource
+    import tempfile
+
+    from spatialflow.config import load_config
+    from spatialflow.data.coco_panoptic import CocoPanopticDataset, collate_panoptic
+    from spatialflow.data.synthetic import make_synthetic
+    from spatialflow.data.transforms import build_transforms
+    from spatialflow.engine.train import build_optimizer
+    from spatialflow.model.spatialflow import build_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = load_config(preset, [*overrides, f"data.min_size=[{size}]", f"train.batch_size={batch}",
+                               f"train.base_batch_size={batch}"])
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as root:
+        make_synthetic(root, num_train=batch * 2, num_val=1, size=size, seed=0, workers=1,
+                       progress=False)
+        data = CocoPanopticDataset.from_root(root, "train", transforms=build_transforms(
+            [size], cfg.data.max_size, flip=False))
+        items = [data[i] for i in range(len(data))]
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # frozen BN without pretrained weights
+        model = build_model(cfg, data.categories).to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, cfg)
+    images, targets = collate_panoptic(items[:batch], cfg.data.size_divisibility)
+    images = images.to(device)
+    targets = [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
+               for t in targets]
+
+    def step():
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    t = median_time(step, steps, warmup, device)
+    peak_gpu = (torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
+                if device.startswith("cuda") else None)
+    return {"preset": preset, "overrides": list(overrides), "size": list(images.tensors.shape[-2:]),
+            "batch": batch, "step_s": t["median"], "images_per_s": batch / t["median"],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_mb": peak_gpu, "threads": torch.get_num_threads(), "device": device}
+
+
+def training_throughput(preset: str = "tiny-cpu", overrides: Sequence[str] = (),
+                        size: int = 256, batch: int = 4, steps: int = 5, warmup: int = 1,
+                        threads: Optional[int] = None, device: str = "cpu") -> dict:
+    """Training images per second (median step) and peak resident memory (MiB, of a fresh
+    process that builds the model and trains it) of a preset at ``size`` px, ``batch`` images a
+    step; on CUDA also the peak GPU memory allocated."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_training_child, (preset, tuple(overrides), size, batch, steps, warmup,
+                                            threads, device))
+
+
+def quality_per_minute(out, minutes: Sequence[float] = (1, 2, 5, 10), preset: str = "tiny-cpu",
+                       overrides: Sequence[str] = (), progress: bool = False) -> List[dict]:
+    """PQ on the synthetic val split after ``minutes`` of training (cumulative, one run in
+    ``out/run``, the data in ``out/data``): the run is stopped at each mark with a checkpoint
+    (``train(stop_after_s=...)``), evaluated, then resumed. Rows: ``minutes`` (the mark),
+    ``train_s`` (training seconds so far, set-up of each resume included), ``iteration`` and
+    :func:`~spatialflow.studies.metrics_row`'s keys."""
+    from pathlib import Path
+
+    from spatialflow.config import load_config
+    from spatialflow.data.coco_panoptic import CocoPanopticDataset
+    from spatialflow.engine.train import CHECKPOINT, load_checkpoint, load_run, prepare_data, train
+    from spatialflow.evaluation import evaluate
+    from spatialflow.studies import metrics_row
+
+    out = Path(out)
+    cfg = load_config(preset, list(overrides))
+    root = prepare_data(cfg, out)
+    cfg = load_config(preset, [*overrides, f"data.root={root}"])
+    run, spent, rows = out / "run", 0.0, []
+    for mark in sorted(minutes):
+        start = time.perf_counter()
+        train(cfg, run, resume=(run / CHECKPOINT).is_file(), progress=progress,
+              evaluate_at_end=False, stop_after_s=max(0.0, 60 * mark - spent))
+        spent += time.perf_counter() - start
+        it = int(load_checkpoint(run / CHECKPOINT)["iteration"])
+        rcfg, model, _ = load_run(run / CHECKPOINT)
+        val = CocoPanopticDataset.from_root(root, rcfg.data.val_split)
+        metrics = evaluate(model, val, out / "eval" / f"min{mark:g}", rcfg.infer,
+                           rcfg.data.test_size, rcfg.data.max_size, progress=progress)
+        rows.append({"minutes": mark, "train_s": spent, "iteration": it, **metrics_row(metrics)})
+    return rows

@@ -70,3 +70,22 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, capsys):
     assert (out / "inference.md").read_text().startswith("`spatialflow bench")
     assert main(["bench", "--sizes", "64", "--models", "nope", "--out", str(out)]) == 2
     assert "unknown models ['nope']" in capsys.readouterr().err
+
+
+def test_training_throughput_in_a_fresh_process():
+    row = B.training_throughput("tiny-cpu", ["model.fpn_channels=16"], size=64, batch=2, steps=2)
+    assert row["batch"] == 2 and row["size"] == [128, 128]  # padded to a multiple of 128
+    assert row["images_per_s"] > 0 and row["step_s"] > 0
+    assert 100 < row["peak_rss_mb"] < 8000 and row["peak_gpu_mb"] is None
+
+
+def test_quality_per_minute_stops_evaluates_and_resumes(tmp_path):
+    from spatialflow.studies import QUICK_OVERRIDES
+
+    quick = [o for o in QUICK_OVERRIDES if not o.startswith("train.max_iters")]
+    rows = B.quality_per_minute(tmp_path, minutes=[0.0001, 0.0002], overrides=quick)
+    assert [r["minutes"] for r in rows] == [0.0001, 0.0002]
+    assert [r["iteration"] for r in rows] == [1, 2]  # one iteration past each (tiny) budget
+    assert rows[0]["train_s"] < rows[1]["train_s"]
+    assert all(0 <= r["pq"] <= 100 for r in rows)
+    assert (tmp_path / "eval" / "min0.0002" / "metrics.json").is_file()
