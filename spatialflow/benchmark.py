@@ -415,3 +415,30 @@ def quality_per_minute(out, minutes: Sequence[float] = (1, 2, 5, 10), preset: st
                            rcfg.data.test_size, rcfg.data.max_size, progress=progress)
         rows.append({"minutes": mark, "train_s": spent, "iteration": it, **metrics_row(metrics)})
     return rows
+
+
+#: the training configurations of the benchmark: (label, preset, overrides, size, batch)
+TRAINING = (("tiny-cpu, 256 px, batch 4", "tiny-cpu", (), 256, 4),
+            ("R50 (r50-coco), 512 px, batch 2", "r50-coco", ("data.max_size=1024",), 512, 2))
+
+
+def format_training(rows: Sequence[dict]) -> str:
+    """Markdown table of :func:`training_throughput` rows (with a ``label``)."""
+    lines = ["| training | input | images/s | s/step | peak RSS (MiB) | peak GPU (MiB) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        gpu = "-" if r.get("peak_gpu_mb") is None else f"{r['peak_gpu_mb']:.0f}"
+        lines.append(f"| {r.get('label', r['preset'])} | {r['size'][0]}x{r['size'][1]} x "
+                     f"{r['batch']} | {r['images_per_s']:.2f} | {r['step_s']:.2f} | "
+                     f"{r['peak_rss_mb']:.0f} | {gpu} |")
+    return "\n".join(lines)
+
+
+def format_quality(rows: Sequence[dict]) -> str:
+    """Markdown table of :func:`quality_per_minute` rows."""
+    lines = ["| minutes | training s | iterations | PQ | PQ_Th | PQ_St | box AP |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['minutes']:g} | {r['train_s']:.0f} | {r['iteration']} | "
+                     f"{r['pq']:.1f} | {r['pq_th']:.1f} | {r['pq_st']:.1f} | {r['ap']:.1f} |")
+    return "\n".join(lines)

@@ -76,9 +76,11 @@ DEMO_DEFAULTS = ["train.max_iters=300"]  # 6-8 minutes of training on 2 cores
 
 
 def cmd_bench(args) -> int:
-    """The inference benchmark (:mod:`spatialflow.benchmark`): prints the tables and writes
-    ``inference.json`` and ``inference.md`` into ``--out``."""
+    """The benchmarks of :mod:`spatialflow.benchmark` in one run: inference against
+    torchvision's peers, training throughput and memory, quality per minute. Prints the
+    tables and writes ``bench.json`` and ``bench.md`` into ``--out``."""
     import json
+    import tempfile
 
     from spatialflow import benchmark
 
@@ -86,18 +88,40 @@ def cmd_bench(args) -> int:
         import torch
         if not torch.cuda.is_available():
             raise InputError(f"--device {args.device}: no CUDA device here")
-    result = benchmark.run_inference_bench(args.sizes, args.repeat, args.threads, args.device,
-                                           args.models, args.preset)
-    command = "spatialflow bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] \
-        else "spatialflow bench"
-    result["command"] = command
-    text = benchmark.format_inference(result)
-    print(text)
+    command = "spatialflow bench" + ("".join(f" {a}" for a in sys.argv[2:])
+                                     if sys.argv[1:2] == ["bench"] else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "inference.json").write_text(json.dumps(result, indent=1))
-    (out / "inference.md").write_text(f"`{command}`\n\n{text}\n")
-    print(f"written: {out / 'inference.json'}, {out / 'inference.md'}")
+    result, parts = {"command": command}, [f"`{command}`"]
+
+    def show(title, text):
+        print(f"\n## {title}\n\n{text}", flush=True)
+        parts.append(f"## {title}\n\n{text}")
+        (out / "bench.json").write_text(json.dumps(result, indent=1))  # kept as it grows
+        (out / "bench.md").write_text("\n\n".join(parts) + "\n")
+
+    if not args.no_inference:
+        result["inference"] = benchmark.run_inference_bench(
+            args.sizes, args.repeat, args.threads, args.device, args.models, args.preset)
+        show("Inference", benchmark.format_inference(result["inference"]))
+    if args.training != "none":
+        rows = []
+        for label, preset, overrides, size, batch in benchmark.TRAINING:
+            if args.training == "tiny" and preset != "tiny-cpu":
+                continue
+            print(f"training: {label}", flush=True)
+            rows.append({"label": label, **benchmark.training_throughput(
+                preset, overrides, size, batch, threads=args.threads, device=args.device)})
+        result["training"] = rows
+        show("Training", benchmark.format_training(rows))
+    if args.minutes:
+        with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
+            print(f"quality per minute: training tiny-cpu for {max(args.minutes):g} minutes",
+                  flush=True)
+            result["quality"] = benchmark.quality_per_minute(tmp, args.minutes)
+        show("Quality per minute (tiny-cpu, synthetic val)",
+             benchmark.format_quality(result["quality"]))
+    print(f"written: {out / 'bench.json'}, {out / 'bench.md'}")
     return 0
 
 
@@ -325,8 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--models", nargs="+", default=None, help="only these models (names as "
                    "printed, e.g. 'SpatialFlow R50' 'Mask R-CNN R50-FPN')")
     q.add_argument("--preset", default="r50-coco", help="SpatialFlow's preset (default r50-coco)")
+    q.add_argument("--training", choices=["all", "tiny", "none"], default="all",
+                   help="training images/s and peak memory: tiny-cpu at 256 px and R50 at 512 "
+                        "px (all), tiny-cpu only, or none")
+    q.add_argument("--minutes", type=float, nargs="*", default=[1, 2, 5, 10],
+                   help="quality per minute: PQ after these minutes of training tiny-cpu on "
+                        "the synthetic data (default 1 2 5 10; none to skip)")
+    q.add_argument("--no-inference", action="store_true", help="skip the inference tables")
     q.add_argument("--out", default="benchmarks/results",
-                   help="folder of inference.json and inference.md (default benchmarks/results)")
+                   help="folder of bench.json and bench.md (default benchmarks/results)")
     q.set_defaults(func=cmd_bench)
 
     q = sub.add_parser("demo", help="the CPU demo on the built-in synthetic data")

@@ -62,14 +62,25 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, capsys):
 
     out = tmp_path / "bench"
     assert main(["bench", "--sizes", "64", "--repeat", "1", "--preset", "tiny-cpu", "--models",
-                 "SpatialFlow R50", "--out", str(out)]) == 0
+                 "SpatialFlow R50", "--training", "none", "--minutes", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| 64x85 | SpatialFlow R50 |" in printed
-    result = json.loads((out / "inference.json").read_text())
-    assert [r["model"] for r in result["rows"]] == ["SpatialFlow R50"]
-    assert (out / "inference.md").read_text().startswith("`spatialflow bench")
+    assert "## Inference" in printed and "| 64x85 | SpatialFlow R50 |" in printed
+    result = json.loads((out / "bench.json").read_text())
+    assert [r["model"] for r in result["inference"]["rows"]] == ["SpatialFlow R50"]
+    assert set(result) == {"command", "inference"}
+    assert (out / "bench.md").read_text().startswith("`spatialflow bench")
     assert main(["bench", "--sizes", "64", "--models", "nope", "--out", str(out)]) == 2
     assert "unknown models ['nope']" in capsys.readouterr().err
+
+
+def test_training_and_quality_tables():
+    text = B.format_training([{"label": "x", "preset": "tiny-cpu", "size": [256, 256],
+                               "batch": 4, "images_per_s": 2.5, "step_s": 1.6,
+                               "peak_rss_mb": 900.4, "peak_gpu_mb": None}])
+    assert "| x | 256x256 x 4 | 2.50 | 1.60 | 900 | - |" in text
+    text = B.format_quality([{"minutes": 1, "train_s": 61.2, "iteration": 37, "pq": 20.0,
+                              "pq_th": 0.0, "pq_st": 40.0, "ap": 0.1}])
+    assert "| 1 | 61 | 37 | 20.0 | 0.0 | 40.0 | 0.1 |" in text
 
 
 def test_training_throughput_in_a_fresh_process():
