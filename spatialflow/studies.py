@@ -154,7 +154,7 @@ def run_study(variants: Sequence[Variant], seeds: Sequence[int], out, base="tiny
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     common = load_config(base, list(overrides))
-    root = prepare_data(common, out)
+    root = Path(prepare_data(common, out)).resolve()  # runs open from any folder
     rows = []
     for variant in variants:
         key = config_key(load_config(base, [*overrides, *variant.overrides, f"data.root={root}"]))
@@ -192,8 +192,9 @@ def speed_vs_scale(model, dataset, scales: Sequence[int], infer=None,
     """Table XI on this machine: for each test scale (shorter edge; longer edge capped at
     ``max_size_ratio`` times it), PQ on ``dataset`` and images per second of inference
     (network + mask pasting + panoptic merge, after one warm-up image; reading and writing
-    files not counted). Rows: ``scale``, ``images_per_s``, ``seconds``, ``images`` and
-    :func:`metrics_row`'s keys."""
+    files not counted). Rows: ``scale``, ``padded`` (the shorter edge the network sees: the
+    model pads to a multiple of its ``size_divisibility``, so two scales can cost the same),
+    ``images_per_s``, ``seconds``, ``images`` and :func:`metrics_row`'s keys."""
     import tempfile
 
     from spatialflow.config import InferConfig
@@ -219,7 +220,9 @@ def speed_vs_scale(model, dataset, scales: Sequence[int], infer=None,
             seconds += time.perf_counter() - start
             evaluator.add(rec, output, pan, segments)
         metrics = evaluator.compute()
-        rows.append({"scale": scale, "images": n, "seconds": seconds,
+        div = getattr(model, "size_divisibility", 1)
+        rows.append({"scale": scale, "padded": -(-scale // div) * div, "images": n,
+                     "seconds": seconds,
                      "images_per_s": n / max(seconds, 1e-9), **metrics_row(metrics)})
     return rows
 

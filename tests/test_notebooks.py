@@ -120,6 +120,6 @@ def test_06_accuracy_vs_speed(studies, tmp_path):
     saved = json.loads((studies / "06_accuracy_vs_speed.json").read_text())
     assert [r["scale"] for r in saved["rows"]] == [64, 96, 128]  # Table XI scaled to 128 px
     assert all(r["images_per_s"] > 0 and r["images"] == 2 for r in saved["rows"])
-    assert "| scale | images | seconds | images_per_s | pq |" in text
+    assert "| scale | padded | images | seconds | images_per_s | pq |" in text
     assert "At 64 px this machine runs" in text and "(paper, V100, 400 vs 800 px: 1.90x)" in text
     assert sum(images(nb)) == 2

@@ -1,5 +1,7 @@
 """The paper's studies: variants, cached study runs, summaries, speed against scale."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -75,7 +77,7 @@ def test_run_study_trains_each_run_once_and_caches(data_root, tmp_path):
         assert {"pq", "pq_th", "pq_st", "sq", "rq", "ap"} <= set(r)
         assert 0 <= r["pq"] <= 100
         cfg = load_config(f"{r['run']}/config.yaml")
-        assert cfg.train.seed == r["seed"]
+        assert cfg.train.seed == r["seed"] and Path(cfg.data.root).is_absolute()
         assert cfg.model.flows.reg_to_cls == (r["variant"] == "flows")
 
     def must_not_train(*args, **kwargs):
@@ -96,6 +98,7 @@ def test_speed_vs_scale(data_root, tmp_path):
     model = build_model(load_config("tiny-cpu"), val.categories).eval()
     rows = speed_vs_scale(model, val, [64, 96], max_images=2, out=tmp_path, progress=False)
     assert [r["scale"] for r in rows] == [64, 96]
+    assert [r["padded"] for r in rows] == [128, 128]  # tiny-cpu pads to a multiple of 128
     for r in rows:
         assert r["images"] == 2 and r["images_per_s"] > 0 and r["seconds"] > 0
         assert 0 <= r["pq"] <= 100 and "pq_st" in r
