@@ -184,20 +184,7 @@ def bench_spatialflow(name: str, overrides: Sequence[str], image: torch.Tensor,
         out = model([x])[0]
         return merge_outputs({k: v.cpu() for k, v in out.items()}, categories, **thresholds)
 
-    with torch.inference_mode():
-        flops = count_flops(lambda: model([x]))
-        detections = len(model([x])[0]["boxes"])
-        total = median_time(run, repeat, 1, device)
-        per_run = []
-        for _ in range(repeat):
-            with stage_timer(model, STAGES, device) as stages:
-                start = time.perf_counter()
-                run()
-                _sync(torch.device(device))
-                elapsed = time.perf_counter() - start
-            per_run.append({**stages, "post-processing": elapsed - sum(stages.values())})
-    split = {k: statistics.median(r[k] for r in per_run) for k in per_run[0]}
-    return _row(name, x, total, flops, detections, split)
+    return _measure(name, model, x, run, STAGES, "post-processing", repeat, device)
 
 
 def bench_peer(name: str, image: torch.Tensor, repeat: int, device: str) -> dict:
@@ -206,18 +193,26 @@ def bench_peer(name: str, image: torch.Tensor, repeat: int, device: str) -> dict
     h, w = image.shape[-2:]
     model = build_peer(name, min(h, w), max(h, w)).to(device)
     x = image.to(device)
+    return _measure(name, model, x, lambda: model([x]), {"backbone+FPN": ("backbone",)}, "rest",
+                    repeat, device)
+
+
+def _measure(name: str, model: nn.Module, x: torch.Tensor, run: Callable[[], object],
+             stages: Dict[str, Sequence[str]], rest: str, repeat: int, device: str) -> dict:
+    """A row of one model: FLOPs and detections of its forward, the median time of ``run``,
+    and the median split into ``stages`` and ``rest`` (what the stages do not cover)."""
     with torch.inference_mode():
         flops = count_flops(lambda: model([x]))
         detections = len(model([x])[0]["boxes"])
-        total = median_time(lambda: model([x]), repeat, 1, device)
+        total = median_time(run, repeat, 1, device)
         per_run = []
         for _ in range(repeat):
-            with stage_timer(model, {"backbone+FPN": ("backbone",)}, device) as stages:
+            with stage_timer(model, stages, device) as spent:
                 start = time.perf_counter()
-                model([x])
+                run()
                 _sync(torch.device(device))
                 elapsed = time.perf_counter() - start
-            per_run.append({**stages, "rest": elapsed - stages["backbone+FPN"]})
+            per_run.append({**spent, rest: elapsed - sum(spent.values())})
     split = {k: statistics.median(r[k] for r in per_run) for k in per_run[0]}
     return _row(name, x, total, flops, detections, split)
 
