@@ -372,10 +372,11 @@ def training_throughput(preset: str = "tiny-cpu", overrides: Sequence[str] = (),
     process that builds the model and trains it) of a preset at ``size`` px, ``batch`` images a
     step; on CUDA also the peak GPU memory allocated."""
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_training_child, (preset, tuple(overrides), size, batch, steps, warmup,
-                                            threads, device))
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_training_child, preset, tuple(overrides), size, batch, steps,
+                           warmup, threads, device).result()
 
 
 def quality_per_minute(out, minutes: Sequence[float] = (1, 2, 5, 10), preset: str = "tiny-cpu",
