@@ -138,7 +138,7 @@ def run_study(variants: Sequence[Variant], seeds: Sequence[int], out, base="tiny
               overrides: Sequence[str] = (), progress: bool = True,
               train_fn: Optional[Callable] = None) -> List[dict]:
     """Train and evaluate each variant with each seed; returns one row per run: ``variant``,
-    ``seed``, ``run`` (its folder) and :func:`metrics_row`'s keys.
+    the variant's ``tags``, ``seed``, ``run`` (its folder) and :func:`metrics_row`'s keys.
 
     Runs go to ``out/<variant>-<config key>/seed<k>`` (:func:`config_key`), all on one data set
     (``data.root`` from ``overrides``, or the base config's synthetic data written once to
