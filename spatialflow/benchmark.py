@@ -148,9 +148,11 @@ def build_spatialflow(overrides: Sequence[str] = (), preset: str = "r50-coco",
     return model, cfg, categories
 
 
-def build_peer(name: str, short: int, long: int, seed: int = 0) -> nn.Module:
-    """torchvision's ``maskrcnn_resnet50_fpn`` or ``retinanet_resnet50_fpn`` (``weights=None``,
-    91 classes), set to keep the input size and to return the full 100 detections."""
+def build_peer(name: str, short: int, long: int, seed: int = 0,
+               num_classes: int = 91) -> nn.Module:
+    """torchvision's ``maskrcnn_resnet50_fpn`` or ``retinanet_resnet50_fpn`` (``weights=None``)
+    in eval mode, set to keep the input size and to return the full 100 detections; the
+    global random state is left as it was."""
     from torchvision.models import detection
 
     builders = {"Mask R-CNN R50-FPN": (detection.maskrcnn_resnet50_fpn, "box_score_thresh"),
@@ -160,8 +162,8 @@ def build_peer(name: str, short: int, long: int, seed: int = 0) -> nn.Module:
     build, thresh = builders[name]
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return build(weights=None, weights_backbone=None, num_classes=91, min_size=short,
-                     max_size=long, **{thresh: 0.0}).eval()
+        return build(weights=None, weights_backbone=None, num_classes=num_classes,
+                     min_size=short, max_size=long, **{thresh: 0.0}).eval()
 
 
 PEERS = ("Mask R-CNN R50-FPN", "RetinaNet R50-FPN")

@@ -220,15 +220,10 @@ def reference_retinanet(image_size: Size = 800, num_classes: int = 91,
     ``image_size`` image under the same counter (``score_thresh`` 0, 100 detections; its
     transform is set not to resize the image, and pads it to a multiple of 32), or ``gflops``
     None with ``flops=False``. The global random state is left as it was."""
-    from torchvision.models.detection import retinanet_resnet50_fpn
+    from spatialflow.benchmark import build_peer
 
     h, w = _size(image_size)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = retinanet_resnet50_fpn(weights=None, weights_backbone=None,
-                                       num_classes=num_classes, min_size=min(h, w),
-                                       max_size=max(h, w), score_thresh=0.0,
-                                       detections_per_img=100).eval()
+    model = build_peer("RetinaNet R50-FPN", min(h, w), max(h, w), num_classes=num_classes)
     bn = sum(_params(m) for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     row = {"part": "torchvision RetinaNet R50-FPN", "params": _params(model), "bn_params": bn,
            "gflops": None, "note": f"num_classes={num_classes}"}
