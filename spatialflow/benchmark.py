@@ -3,8 +3,9 @@
 Every model runs in eval mode under ``torch.inference_mode`` with random weights on the same
 input image, with the same number of threads, after warm-up; a figure is the median of the
 repeated runs. SpatialFlow's time is split into backbone + FPN, the four towers (with the
-flows), the heads (cls, reg, stuff, thing) and post-processing (everything else: anchors, box
-decoding and NMS, mask pasting, and the panoptic merge, which is timed as part of the run).
+flows), the heads (cls, reg, stuff, thing), box decoding (RetinaNet's top-k, decoding and NMS)
+and post-processing (everything else: mask pasting, the stuff map at the image size and the
+panoptic merge, which is timed as part of the run).
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add = 2 FLOPs,
 convolutions and matrix products), and the machine's peak is measured in the same run as one
 3x3 256->256 convolution at the P3 shape, in NCHW and in channels_last.
@@ -31,9 +32,9 @@ from spatialflow.errors import InputError
 #: the paper's own speed ratio (Table XI): SpatialFlow 10.3 FPS vs Panoptic FPN 18.9 FPS on a
 #: V100 at 800 px
 PAPER_RATIO = 18.9 / 10.3
-#: stages of SpatialFlow's inference time, and the modules each one times
+#: stages of SpatialFlow's inference time, and the modules (or methods) each one times
 STAGES = {"backbone+FPN": ("backbone",), "towers": ("subnets",),
-          "heads": ("head", "stuff_head", "thing_head")}
+          "heads": ("head", "stuff_head", "thing_head"), "box decoding": ("detect",)}
 #: shorter edges of Table XI
 SIZES = (400, 600, 800)
 
@@ -68,8 +69,9 @@ def median_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1,
 @contextmanager
 def stage_timer(model: nn.Module, stages: Dict[str, Sequence[str]],
                 device: str = "cpu") -> Iterator[Dict[str, float]]:
-    """Seconds spent in the forward passes of named submodules, summed per stage while the
-    context is open (forward pre- and post-hooks; CUDA work is waited for at each)."""
+    """Seconds spent in the forward passes of named submodules (forward pre- and post-hooks)
+    or in calls of named methods of ``model`` (wrapped on the instance), summed per stage while
+    the context is open; CUDA work is waited for at each boundary."""
     dev = torch.device(device)
     totals = {name: 0.0 for name in stages}
     started: Dict[int, float] = {}
@@ -85,16 +87,34 @@ def stage_timer(model: nn.Module, stages: Dict[str, Sequence[str]],
             totals[stage] += time.perf_counter() - started.pop(id(module))
         return post
 
+    def timed(stage, method):
+        def call(*args, **kwargs):
+            _sync(dev)
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                _sync(dev)
+                totals[stage] += time.perf_counter() - start
+        return call
+
+    wrapped = []
     for stage, paths in stages.items():
         for path in paths:
-            module = model.get_submodule(path)
-            handles.append(module.register_forward_pre_hook(pre))
-            handles.append(module.register_forward_hook(post_for(stage)))
+            target = getattr(model, path) if "." not in path else model.get_submodule(path)
+            if isinstance(target, nn.Module):
+                handles.append(target.register_forward_pre_hook(pre))
+                handles.append(target.register_forward_hook(post_for(stage)))
+            else:
+                setattr(model, path, timed(stage, target))
+                wrapped.append(path)
     try:
         yield totals
     finally:
         for h in handles:
             h.remove()
+        for path in wrapped:
+            delattr(model, path)
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -173,7 +193,7 @@ PEERS = ("Mask R-CNN R50-FPN", "RetinaNet R50-FPN")
 def bench_spatialflow(name: str, overrides: Sequence[str], image: torch.Tensor,
                       repeat: int, device: str, preset: str = "r50-coco") -> dict:
     """One row: median seconds of ``predict`` (network + pasting + merge) of one image, its
-    split into :data:`STAGES` and post-processing, FLOPs and detections."""
+    split into :data:`STAGES` and post-processing (the rest), FLOPs and detections."""
     from spatialflow.engine.predict import merge_kwargs
     from spatialflow.panoptic import merge_outputs
 
@@ -267,8 +287,8 @@ def run_inference_bench(sizes: Sequence[int] = SIZES, repeat: int = 3,
 def ratios(rows: Sequence[dict], model: str = "SpatialFlow R50",
            peer: str = "Mask R-CNN R50-FPN") -> List[dict]:
     """Per size where both ran: ``model``'s time over ``peer``'s (the paper's SpatialFlow vs
-    Panoptic FPN: :data:`PAPER_RATIO`) and its GFLOP/s over the peer's (>= 1: no less
-    efficient per FLOP)."""
+    Panoptic FPN: :data:`PAPER_RATIO`), its GFLOP/s over the peer's (>= 1: no less
+    efficient per FLOP) and its post-processing share of its own time (target < 5%)."""
     out = []
     for size in sorted({r["short"] for r in rows}):
         a = next((r for r in rows if r["short"] == size and r["model"] == model), None)
@@ -276,7 +296,8 @@ def ratios(rows: Sequence[dict], model: str = "SpatialFlow R50",
         if a and b:
             out.append({"short": size, "time_ratio": a["seconds"] / b["seconds"],
                         "efficiency_ratio": a["gflop_per_s"] / b["gflop_per_s"],
-                        "paper_time_ratio": PAPER_RATIO})
+                        "paper_time_ratio": PAPER_RATIO,
+                        "post_share": a["split"].get("post-processing", 0.0) / a["seconds"]})
     return out
 
 
@@ -305,10 +326,11 @@ def format_inference(result: dict) -> str:
                      f"{p['gflop_per_s']:.1f} |")
     if result["ratios"]:
         lines += ["", "| size | SpatialFlow / Mask R-CNN time | paper (vs Panoptic FPN) | "
-                      "GFLOP/s ratio |", "|---|---:|---:|---:|"]
+                      "GFLOP/s ratio | post-processing share |", "|---|---:|---:|---:|---:|"]
         for q in result["ratios"]:
             lines.append(f"| {q['short']} | {q['time_ratio']:.2f}x | "
-                         f"{q['paper_time_ratio']:.2f}x | {q['efficiency_ratio']:.2f} |")
+                         f"{q['paper_time_ratio']:.2f}x | {q['efficiency_ratio']:.2f} | "
+                         f"{100 * q['post_share']:.1f}% |")
     m = result["machine"]
     lines += ["", f"{m['device']} ({m.get('gpu', m['cpu'])}), {m['threads']} threads, torch "
                   f"{m['torch']}; median of {result['repeat']} runs after one warm-up"]

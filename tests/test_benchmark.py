@@ -1,5 +1,7 @@
 """spatialflow.benchmark: the inference comparison runs, its figures add up, nothing leaks."""
 
+import time
+
 import pytest
 import torch
 
@@ -30,6 +32,31 @@ def test_median_time_and_flops():
     assert peak["gflop_per_s"] > 0 and peak["layout"] == "channels_last"
 
 
+def test_stage_timer_times_modules_and_methods_and_unhooks():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(4, 4)
+
+        def decode(self, x):
+            time.sleep(0.01)
+            return x * 2
+
+        def forward(self, x):
+            return self.decode(self.body(x))
+
+    net, x = Net(), torch.rand(2, 4)
+    with B.stage_timer(net, {"body": ("body",), "decode": ("decode",)}) as spent:
+        y = net(x)
+    assert spent["decode"] >= 0.01 and spent["body"] > 0
+    assert torch.equal(y, net(x))
+    # afterwards nothing is hooked or wrapped
+    assert "decode" not in vars(net) and not net.body._forward_hooks
+    with B.stage_timer(net, {"decode": ("decode",)}) as spent:
+        pass
+    assert spent == {"decode": 0.0}
+
+
 def test_inference_bench_on_tiny_models():
     result = B.run_inference_bench(sizes=[64], repeat=1, preset="tiny-cpu", progress=None,
                                    models=["SpatialFlow R50", "naive baseline R50",
@@ -41,13 +68,17 @@ def test_inference_bench_on_tiny_models():
         assert r["seconds"] > 0 and r["gflops"] > 0 and r["detections"] > 0
         assert all(v >= 0 for k, v in r["split"].items() if k not in ("post-processing", "rest"))
     sf = rows["SpatialFlow R50"]
-    assert set(sf["split"]) == {"backbone+FPN", "towers", "heads", "post-processing"}
+    assert set(sf["split"]) == {"backbone+FPN", "towers", "heads", "box decoding",
+                                "post-processing"}
+    assert sf["split"]["box decoding"] > 0
     # the flows and sub-networks cost FLOPs: the naive baseline counts fewer
     assert rows["naive baseline R50"]["gflops"] < sf["gflops"]
     assert set(rows["Mask R-CNN R50-FPN"]["split"]) == {"backbone+FPN", "rest"}
     assert [q["short"] for q in result["ratios"]] == [64]
     assert result["ratios"][0]["time_ratio"] == pytest.approx(
         sf["seconds"] / rows["Mask R-CNN R50-FPN"]["seconds"])
+    assert result["ratios"][0]["post_share"] == pytest.approx(
+        sf["split"]["post-processing"] / sf["seconds"])
     assert [p["layout"] for p in result["peak"]] == ["NCHW", "channels_last"]
     text = B.format_inference(result)
     assert "| 64x85 | SpatialFlow R50 |" in text and "SpatialFlow / Mask R-CNN time" in text

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spatialflow.data.categories import CategoryMap
-from spatialflow.panoptic import merge
+from spatialflow.panoptic import merge, stuff_map
 
 from conftest import TINY_CATEGORIES
 
@@ -112,6 +112,13 @@ def test_sem_probabilities_or_labels_and_dataset_ids():
     b, sb = run(dets, probs)
     assert np.array_equal(a, b) and sa == sb
     assert {s["category_id"] for s in sa} == {7, 11, 20} and a.dtype == np.int32
+
+
+def test_stuff_map_is_argmax_first_on_ties():
+    scores = torch.randn(7, 30, 40)
+    scores[3, :5] = scores[5, :5] = scores[:, :5].max(0).values + 1  # ties: the first wins
+    assert torch.equal(stuff_map(scores), scores.argmax(0))
+    assert (stuff_map(scores)[:5] == 3).all()
 
 
 def test_empty_everything():

@@ -156,7 +156,7 @@ def model_predictor(model, categories: CategoryMap, infer: InferConfig = InferCo
                     test_size: int = 800, max_size: Optional[int] = 1333,
                     device: str = "cpu") -> Predictor:
     """A predict function ``image uint8[H,W,3] -> raw output`` (``boxes``, ``scores``,
-    ``labels``, ``masks``, ``sem_probs`` at the image size) that runs ``model`` with
+    ``labels``, ``masks``, ``sem_seg`` at the image size) that runs ``model`` with
     :func:`spatialflow.engine.predict.predict_raw` (resize to ``test_size``, TTA when
     ``infer`` asks for it)."""
     from spatialflow.engine.predict import predict_raw, to_tensor
@@ -254,7 +254,7 @@ class PanopticExplorer:
         model: ``None`` (ground-truth browser), a ``torch.nn.Module`` (a SpatialFlow model in
             eval mode, run as :func:`~spatialflow.engine.predict.predict_image` does), or a
             predict function ``image uint8[H,W,3] -> raw output dict`` (``boxes``, ``scores``,
-            ``labels``, ``masks``, ``sem_probs`` at the image size).
+            ``labels``, ``masks``, ``sem_seg`` at the image size).
         infer: the merge thresholds the sliders start from (and the model's TTA settings).
         test_size, max_size, device: how a ``torch.nn.Module`` is run.
         model_b: a second model (same kinds as ``model``): A/B mode, both predictions side by

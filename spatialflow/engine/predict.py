@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as F
 
 from spatialflow.config import InferConfig
 from spatialflow.data.transforms import shortest_edge_size
-from spatialflow.panoptic import merge_outputs
+from spatialflow.panoptic import merge_outputs, stuff_map
 
 
 def merge_kwargs(infer: InferConfig) -> dict:
@@ -59,11 +59,11 @@ def predict_tta(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
                 test_size: int = 800, max_size: Optional[int] = 1333,
                 device: str = "cpu") -> dict:
     """Multi-scale + flip test-time augmentation of one ``float[3,H,W]`` image (the passes of
-    :func:`augmentations`): the stuff probabilities of all passes are averaged; the detections
-    of all passes are pooled and reduced by per-class NMS (``nms_thresh``, top
+    :func:`augmentations`): the stuff probabilities of all passes are averaged and give the
+    stuff map (:func:`~spatialflow.panoptic.stuff_map`); the detections of all passes are pooled and reduced by per-class NMS (``nms_thresh``, top
     ``detections_per_img``); each kept box's 28x28 mask probabilities are averaged over the
     passes (the thing head run on every pass's features) and pasted once. Returns the raw
-    output (``boxes``, ``scores``, ``labels``, ``masks``, ``sem_probs``) at the original size."""
+    output (``boxes``, ``scores``, ``labels``, ``masks``, ``sem_seg``) at the original size."""
     model.eval()
     h, w = image.shape[-2:]
     passes, found, sem = [], [], None
@@ -91,8 +91,7 @@ def predict_tta(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
         p = p.flip(-1) if flip else p
         mask_probs = p if mask_probs is None else mask_probs + p
     masks = paste_masks_in_image(mask_probs / len(passes), boxes, (h, w), padding=1)
-    out = dict(boxes=boxes, scores=scores, labels=labels, masks=masks,
-               sem_probs=sem / len(passes))
+    out = dict(boxes=boxes, scores=scores, labels=labels, masks=masks, sem_seg=stuff_map(sem))
     return {k: v.cpu() for k, v in out.items()}
 
 
@@ -100,7 +99,7 @@ def predict_tta(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
 def predict_raw(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
                 test_size: int = 800, max_size: Optional[int] = 1333,
                 device: str = "cpu") -> dict:
-    """The model's raw output (``boxes``, ``scores``, ``labels``, ``masks``, ``sem_probs``) for
+    """The model's raw output (``boxes``, ``scores``, ``labels``, ``masks``, ``sem_seg``) for
     one ``float[3,H,W]`` image (values in [0, 1]) at its original size, before the merge; with
     ``infer.tta_scales`` or ``infer.tta_flip`` set, :func:`predict_tta`'s."""
     model.eval()

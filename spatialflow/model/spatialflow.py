@@ -2,7 +2,7 @@
 
 ``model(images, targets)`` in training returns the losses of eq (6); in eval mode it returns,
 per image, the raw outputs the panoptic merge needs (boxes, scores, contiguous labels, mask
-probabilities pasted at the image size and the stuff probability map at the image size).
+probabilities pasted at the image size and the stuff map at the image size).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from spatialflow.data.coco_panoptic import batch_images, pad_target
 from spatialflow.model.backbone import build_backbone
 from spatialflow.model.heads import StuffHead, ThingHead, detection_head
 from spatialflow.model.subnets import SubNetworks
+from spatialflow.panoptic import stuff_map
 
 ImageInput = Union[ImageList, torch.Tensor, Sequence[torch.Tensor]]
 
@@ -153,8 +154,8 @@ class SpatialFlow(RetinaNet):
         """Training: ``{"loss_cls", "loss_reg", "loss_thing", "loss_stuff"}`` whose sum is the
         L of eq (6) (``loss_stuff`` already carries lambda). Eval: one dict per image with
         ``boxes`` (xyxy), ``scores``, ``labels`` (contiguous thing ids), ``masks``
-        (``float[K,1,H,W]`` probabilities) and ``sem_probs`` (``float[S+1,H,W]``), in the pixels
-        of the input image, or of ``output_sizes[i] = (H, W)`` when given (e.g. the original
+        (``float[K,1,H,W]`` probabilities) and ``sem_seg`` (``long[H,W]``: the stuff map, per
+        pixel the stuff head's highest class, ``S`` = 'other'), in the pixels of the input image, or of ``output_sizes[i] = (H, W)`` when given (e.g. the original
         size of a resized image: boxes are scaled and masks pasted at that size)."""
         if self.training and targets is None:
             raise ValueError("targets are needed in training mode")
@@ -194,7 +195,7 @@ class SpatialFlow(RetinaNet):
                                        align_corners=False)
                 h, w = oh, ow
             det["masks"] = paste_masks_in_image(probs, det["boxes"], (h, w), padding=1)
-            det["sem_probs"] = logits[0].softmax(dim=0)
+            det["sem_seg"] = stuff_map(logits[0])
         return detections
 
     def mask_probs(self, thing_features, boxes: List[torch.Tensor], labels: List[torch.Tensor],
