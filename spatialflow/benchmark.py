@@ -34,7 +34,9 @@ from spatialflow.errors import InputError
 PAPER_RATIO = 18.9 / 10.3
 #: stages of SpatialFlow's inference time, and the modules (or methods) each one times
 STAGES = {"backbone+FPN": ("backbone",), "towers": ("subnets",),
-          "heads": ("head", "stuff_head", "thing_head"), "box decoding": ("detect",)}
+          "heads": ("head.classification_head", "head.regression_head", "stuff_head",
+                    "thing_head"),
+          "box decoding": ("detect",)}
 #: shorter edges of Table XI
 SIZES = (400, 600, 800)
 

@@ -57,6 +57,15 @@ def test_stage_timer_times_modules_and_methods_and_unhooks():
     assert spent == {"decode": 0.0}
 
 
+def test_every_stage_of_spatialflow_is_timed():
+    """Each module and method STAGES names runs in an eval forward (none is silently 0)."""
+    model, _, _ = B.build_spatialflow(preset="tiny-cpu")
+    each = {path: (path,) for paths in B.STAGES.values() for path in paths}
+    with torch.inference_mode(), B.stage_timer(model, each) as spent:
+        model([torch.rand(3, 64, 80)])
+    assert all(v > 0 for v in spent.values()), spent
+
+
 def test_inference_bench_on_tiny_models():
     result = B.run_inference_bench(sizes=[64], repeat=1, preset="tiny-cpu", progress=None,
                                    models=["SpatialFlow R50", "naive baseline R50",
