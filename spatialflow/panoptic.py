@@ -47,7 +47,8 @@ def merge(boxes, scores, labels, masks, sem, categories: CategoryMap, *,
     Args:
         boxes: ``[K,4]`` xyxy detections (pixels of this image), ``scores`` ``[K]``, ``labels``
             ``[K]`` contiguous thing ids.
-        masks: ``[K,1,H,W]`` or ``[K,H,W]`` mask probabilities pasted at the image size.
+        masks: ``[M,1,H,W]`` or ``[M,H,W]`` mask probabilities pasted at the image size, of
+            the first ``M <= K`` detections (at least all those scoring ``mask_conf`` or more).
         sem: an ``[H,W]`` map of ``sem_seg`` values (stuff index, ``S`` = 'other'), as the
             model outputs it, or ``[S+1,H,W]`` stuff probabilities (or logits).
         categories: the data set's :class:`CategoryMap`.
@@ -79,6 +80,11 @@ def merge(boxes, scores, labels, masks, sem, categories: CategoryMap, *,
 
     order = [int(k) for k in torch.argsort(scores, descending=True, stable=True)
              if scores[k] >= mask_conf]
+    missing = [k for k in order if k >= len(masks)]
+    if missing:
+        raise ValueError(f"detection {missing[0]} (score {float(scores[missing[0]]):.3f} >= "
+                         f"mask_conf {mask_conf}) has no mask: masks are given for the first "
+                         f"{len(masks)} of {len(scores)} detections")
     instance_of = {}
     for k in order:  # 1. instances in score order, skipping heavily overlapped ones
         m = masks[k] >= mask_threshold

@@ -121,6 +121,19 @@ def test_stuff_map_is_argmax_first_on_ties():
     assert (stuff_map(scores)[:5] == 3).all()
 
 
+def test_masks_of_the_first_detections_only():
+    """Masks may cover the first detections only; one the merge needs but lacks is an error."""
+    masks = torch.zeros(1, 1, 20, 20)
+    masks[0, 0, 2:8, 2:8] = 0.9
+    boxes = torch.tensor([[2.0, 2, 8, 8], [10, 10, 18, 18]])
+    sem = torch.full((20, 20), CM.num_stuff)
+    args = (boxes, torch.tensor([0.9, 0.2]), torch.tensor([0, 1]), masks, sem, CM)
+    pan, segments = merge(*args, box_fill_enabled=False)
+    assert len(segments) == 1 and (pan != 0).sum() == 36
+    with pytest.raises(ValueError, match="detection 1 .* has no mask"):
+        merge(*args, mask_conf=0.1)
+
+
 def test_empty_everything():
     pan, segs = run([], torch.full((H, W), OTHER))
     assert (pan == 0).all() and segs == []

@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from spatialflow.config import ConfigError, InferConfig, load_config
 from spatialflow.data.categories import CategoryMap
 from spatialflow.data.synthetic import SYNTHETIC_CATEGORIES
-from spatialflow.engine.predict import (augmentations, flip_boxes, predict_image, predict_tta,
-                                        prepare_image)
+from spatialflow.engine.predict import (augmentations, flip_boxes, merge_kwargs, predict_image,
+                                        predict_raw, predict_tta, prepare_image)
+from spatialflow.panoptic import merge_outputs
 from spatialflow.model import build_model
 
 CATS = CategoryMap.from_coco(SYNTHETIC_CATEGORIES)
@@ -114,3 +115,23 @@ def test_tta_scales_are_checked():
     cfg = load_config("tiny-cpu", ["infer.tta_scales=[[200, 300], [256, 400]]",
                                    "infer.tta_flip=true"])
     assert cfg.infer.tta_scales == [[200, 300], [256, 400]] and cfg.infer.tta_flip
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_masks_of_usable_detections_only_give_the_same_result(model, tta):
+    """With ``mask_conf``, the thing head runs on the detections the merge can use only: their
+    masks, and so the panoptic result, are those of the full output."""
+    x = image(72, 100, seed=7)
+    infer = InferConfig(tta_flip=tta, stuff_area=0)
+    full = predict_raw(model, x, infer, test_size=96)
+    assert len(full["masks"]) == len(full["scores"]) > 4
+    assert (full["scores"][:-1] >= full["scores"][1:]).all()
+    infer.mask_conf = float(full["scores"][len(full["scores"]) // 2])  # about half the detections
+    out, pan, segments = predict_image(model, x, CATS, infer, test_size=96)
+    m = int((full["scores"] >= infer.mask_conf).sum())
+    assert 0 < m == len(out["masks"]) < len(out["scores"])
+    for k in ("boxes", "scores", "labels", "sem_seg"):
+        assert torch.equal(out[k], full[k]), k
+    assert torch.allclose(out["masks"], full["masks"][:m], atol=1e-6)
+    full_pan, full_segments = merge_outputs(full, CATS, **merge_kwargs(infer))
+    assert (pan == full_pan).all() and segments == full_segments

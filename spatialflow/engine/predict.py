@@ -57,12 +57,13 @@ def flip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
 @torch.inference_mode()
 def predict_tta(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
                 test_size: int = 800, max_size: Optional[int] = 1333,
-                device: str = "cpu") -> dict:
+                device: str = "cpu", mask_conf: Optional[float] = None) -> dict:
     """Multi-scale + flip test-time augmentation of one ``float[3,H,W]`` image (the passes of
     :func:`augmentations`): the stuff probabilities of all passes are averaged and give the
     stuff map (:func:`~spatialflow.panoptic.stuff_map`); the detections of all passes are pooled and reduced by per-class NMS (``nms_thresh``, top
     ``detections_per_img``); each kept box's 28x28 mask probabilities are averaged over the
-    passes (the thing head run on every pass's features) and pasted once. Returns the raw
+    passes (the thing head run on every pass's features; for the detections scoring at least
+    ``mask_conf`` only, when given) and pasted once. Returns the raw
     output (``boxes``, ``scores``, ``labels``, ``masks``, ``sem_seg``) at the original size."""
     model.eval()
     h, w = image.shape[-2:]
@@ -83,14 +84,15 @@ def predict_tta(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
     boxes, scores, labels = (torch.cat(v) for v in zip(*found))
     keep = batched_nms(boxes, scores, labels, model.nms_thresh)[:model.detections_per_img]
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    m = len(scores) if mask_conf is None else int((scores >= mask_conf).sum())
     mask_probs = None
     for thing_features, (ah, aw), flip in passes:
-        b = resize_boxes(boxes, (h, w), (ah, aw))
-        p = model.mask_probs(thing_features, [flip_boxes(b, aw) if flip else b], [labels],
+        b = resize_boxes(boxes[:m], (h, w), (ah, aw))
+        p = model.mask_probs(thing_features, [flip_boxes(b, aw) if flip else b], [labels[:m]],
                              [(ah, aw)])[0]
         p = p.flip(-1) if flip else p
         mask_probs = p if mask_probs is None else mask_probs + p
-    masks = paste_masks_in_image(mask_probs / len(passes), boxes, (h, w), padding=1)
+    masks = paste_masks_in_image(mask_probs / len(passes), boxes[:m], (h, w), padding=1)
     out = dict(boxes=boxes, scores=scores, labels=labels, masks=masks, sem_seg=stuff_map(sem))
     return {k: v.cpu() for k, v in out.items()}
 
@@ -98,16 +100,18 @@ def predict_tta(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
 @torch.inference_mode()
 def predict_raw(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
                 test_size: int = 800, max_size: Optional[int] = 1333,
-                device: str = "cpu") -> dict:
+                device: str = "cpu", mask_conf: Optional[float] = None) -> dict:
     """The model's raw output (``boxes``, ``scores``, ``labels``, ``masks``, ``sem_seg``) for
     one ``float[3,H,W]`` image (values in [0, 1]) at its original size, before the merge; with
-    ``infer.tta_scales`` or ``infer.tta_flip`` set, :func:`predict_tta`'s."""
+    ``infer.tta_scales`` or ``infer.tta_flip`` set, :func:`predict_tta`'s. Masks are those of
+    every detection, or with ``mask_conf`` of the detections scoring at least that (the first
+    ones; a merge with that ``mask_conf`` or higher uses no other)."""
     model.eval()
     if infer.tta_scales or infer.tta_flip:
-        return predict_tta(model, image, infer, test_size, max_size, device)
+        return predict_tta(model, image, infer, test_size, max_size, device, mask_conf)
     h, w = image.shape[-2:]
     x = prepare_image(image, test_size, max_size).to(device)
-    out = model([x], output_sizes=[(h, w)])[0]
+    out = model([x], output_sizes=[(h, w)], mask_score_thresh=mask_conf or 0.0)[0]
     return {k: v.cpu() for k, v in out.items()}
 
 
@@ -115,8 +119,9 @@ def predict_image(model, image: torch.Tensor, categories, infer: InferConfig = I
                   test_size: int = 800, max_size: Optional[int] = 1333,
                   device: str = "cpu") -> Tuple[dict, "object", list]:
     """:func:`predict_raw` and the panoptic merge with ``infer``'s thresholds: returns
-    ``(raw output at the original size, panoptic id map, segments_info)``."""
-    out = predict_raw(model, image, infer, test_size, max_size, device)
+    ``(raw output at the original size, panoptic id map, segments_info)``. The output holds
+    the masks of the detections the merge can use only (score >= ``infer.mask_conf``)."""
+    out = predict_raw(model, image, infer, test_size, max_size, device, infer.mask_conf)
     pan, segments = merge_outputs(out, categories, **merge_kwargs(infer))
     return out, pan, segments
 

@@ -150,13 +150,18 @@ class SpatialFlow(RetinaNet):
 
     # ----------------------------------------------------------------------------------------
     def forward(self, images: ImageInput, targets: Optional[List[Dict]] = None,
-                output_sizes: Optional[Sequence[Sequence[int]]] = None):
+                output_sizes: Optional[Sequence[Sequence[int]]] = None,
+                mask_score_thresh: float = 0.0):
         """Training: ``{"loss_cls", "loss_reg", "loss_thing", "loss_stuff"}`` whose sum is the
         L of eq (6) (``loss_stuff`` already carries lambda). Eval: one dict per image with
-        ``boxes`` (xyxy), ``scores``, ``labels`` (contiguous thing ids), ``masks``
-        (``float[K,1,H,W]`` probabilities) and ``sem_seg`` (``long[H,W]``: the stuff map, per
-        pixel the stuff head's highest class, ``S`` = 'other'), in the pixels of the input image, or of ``output_sizes[i] = (H, W)`` when given (e.g. the original
-        size of a resized image: boxes are scaled and masks pasted at that size)."""
+        ``boxes`` (xyxy), ``scores`` (descending), ``labels`` (contiguous thing ids), ``masks``
+        (``float[M,1,H,W]`` probabilities of the first ``M`` detections: those scoring at least
+        ``mask_score_thresh``, all of them by default) and ``sem_seg`` (``long[H,W]``: the stuff
+        map, per pixel the stuff head's highest class, ``S`` = 'other'), in the pixels of the
+        input image, or of ``output_sizes[i] = (H, W)`` when given (e.g. the original size of a
+        resized image: boxes are scaled and masks pasted at that size). The panoptic merge uses
+        no mask of a detection below its ``mask_conf``: with ``mask_score_thresh = mask_conf``
+        the thing head skips those detections."""
         if self.training and targets is None:
             raise ValueError("targets are needed in training mode")
         images, feats, towers, head_outputs, anchors, stuff_logits = self.run_heads(images)
@@ -184,8 +189,10 @@ class SpatialFlow(RetinaNet):
                     "loss_stuff": self.stuff_loss_weight * stuff_loss(stuff_logits, sem)}
 
         detections = self.detect(head_outputs, anchors, feats, sizes)
-        masks = self.mask_probs(towers["thing"], [d["boxes"] for d in detections],
-                                [d["labels"] for d in detections], sizes)
+        with_mask = [int((d["scores"] >= mask_score_thresh).sum()) for d in detections]
+        masks = self.mask_probs(towers["thing"], [d["boxes"][:m] for d, m in zip(detections,
+                                                                                  with_mask)],
+                                [d["labels"][:m] for d, m in zip(detections, with_mask)], sizes)
         for i, (det, probs, (h, w)) in enumerate(zip(detections, masks, sizes)):
             logits = stuff_logits[i:i + 1, :, :h, :w]
             if output_sizes is not None and tuple(output_sizes[i]) != (h, w):
@@ -194,7 +201,8 @@ class SpatialFlow(RetinaNet):
                 logits = F.interpolate(logits, size=(oh, ow), mode="bilinear",
                                        align_corners=False)
                 h, w = oh, ow
-            det["masks"] = paste_masks_in_image(probs, det["boxes"], (h, w), padding=1)
+            det["masks"] = paste_masks_in_image(probs, det["boxes"][:len(probs)], (h, w),
+                                                padding=1)
             det["sem_seg"] = stuff_map(logits[0])
         return detections
 
