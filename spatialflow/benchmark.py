@@ -439,6 +439,47 @@ def quality_per_minute(out, minutes: Sequence[float] = (1, 2, 5, 10), preset: st
     return rows
 
 
+def evaluation_speed(run, out, images: int = 500, progress: bool = False) -> dict:
+    """Seconds to evaluate the trained ``run`` (folder or checkpoint) on ``images`` synthetic
+    val images (made into ``out/data`` at the run's synthetic size and seed): predicting and
+    merging every image (with the panoptic PNGs written), then panopticapi's PQ and
+    pycocotools' box AP. Returns ``{"images", "size", "seconds", "images_per_s",
+    "predict_s", "score_s", "pq"}``."""
+    from pathlib import Path
+
+    from spatialflow.data.coco_panoptic import CocoPanopticDataset
+    from spatialflow.data.synthetic import make_synthetic
+    from spatialflow.engine.predict import predict_dataset
+    from spatialflow.engine.train import load_run
+    from spatialflow.evaluation import PanopticEvaluator
+
+    out = Path(out)
+    cfg, model, _ = load_run(run)
+    s = cfg.data.synthetic
+    make_synthetic(out / "data", 0, images, s.size, s.seed + 1, progress=progress)
+    val = CocoPanopticDataset.from_root(out / "data", "val")
+    evaluator = PanopticEvaluator(val, out / "eval")
+    start = time.perf_counter()
+    for _, rec, output, pan, segments in predict_dataset(
+            model, val, cfg.infer, cfg.data.test_size, cfg.data.max_size, progress=progress):
+        evaluator.add(rec, output, pan, segments)
+    predicted = time.perf_counter()
+    metrics = evaluator.compute()
+    end = time.perf_counter()
+    return {"images": images, "size": s.size, "seconds": end - start,
+            "images_per_s": images / (end - start), "predict_s": predicted - start,
+            "score_s": end - predicted, "pq": 100 * metrics["panoptic"]["All"]["pq"]}
+
+
+def format_evaluation(row: dict) -> str:
+    """Markdown table of :func:`evaluation_speed`."""
+    return "\n".join([
+        "| images | size | total s | images/s | predict + merge s | PQ + box AP s | PQ |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {row['images']} | {row['size']} | {row['seconds']:.1f} | {row['images_per_s']:.1f} | "
+        f"{row['predict_s']:.1f} | {row['score_s']:.1f} | {row['pq']:.1f} |"])
+
+
 #: the training configurations of the benchmark: (label, preset, overrides, size, batch)
 TRAINING = (("tiny-cpu, 256 px, batch 4", "tiny-cpu", (), 256, 4),
             ("R50 (r50-coco), 512 px, batch 2", "r50-coco", ("data.max_size=1024",), 512, 2))

@@ -77,7 +77,8 @@ DEMO_DEFAULTS = ["train.max_iters=300"]  # 6-8 minutes of training on 2 cores
 
 def cmd_bench(args) -> int:
     """The benchmarks of :mod:`spatialflow.benchmark` in one run: inference against
-    torchvision's peers, training throughput and memory, quality per minute. Prints the
+    torchvision's peers, training throughput and memory, quality per minute, evaluation
+    speed. Prints the
     tables and writes ``bench.json`` and ``bench.md`` into ``--out``."""
     import json
     import tempfile
@@ -119,8 +120,15 @@ def cmd_bench(args) -> int:
             print(f"quality per minute: training tiny-cpu for {max(args.minutes):g} minutes",
                   flush=True)
             result["quality"] = benchmark.quality_per_minute(tmp, args.minutes)
-        show("Quality per minute (tiny-cpu, synthetic val)",
-             benchmark.format_quality(result["quality"]))
+            show("Quality per minute (tiny-cpu, synthetic val)",
+                 benchmark.format_quality(result["quality"]))
+            if args.eval_images:
+                print(f"evaluation: the {max(args.minutes):g}-minute run on {args.eval_images} "
+                      "synthetic val images", flush=True)
+                result["evaluation"] = benchmark.evaluation_speed(
+                    Path(tmp) / "run", Path(tmp) / "speed", args.eval_images)
+                show("Evaluation (panopticapi PQ + pycocotools box AP)",
+                     benchmark.format_evaluation(result["evaluation"]))
     print(f"written: {out / 'bench.json'}, {out / 'bench.md'}")
     return 0
 
@@ -355,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--minutes", type=float, nargs="*", default=[1, 2, 5, 10],
                    help="quality per minute: PQ after these minutes of training tiny-cpu on "
                         "the synthetic data (default 1 2 5 10; none to skip)")
+    q.add_argument("--eval-images", type=int, default=500,
+                   help="then time the evaluation of that run on this many synthetic val "
+                        "images (default 500; 0 to skip)")
     q.add_argument("--no-inference", action="store_true", help="skip the inference tables")
     q.add_argument("--out", default="benchmarks/results",
                    help="folder of bench.json and bench.md (default benchmarks/results)")

@@ -140,3 +140,10 @@ def test_quality_per_minute_stops_evaluates_and_resumes(tmp_path):
     assert rows[0]["train_s"] < rows[1]["train_s"]
     assert all(0 <= r["pq"] <= 100 for r in rows)
     assert (tmp_path / "eval" / "min0.0002" / "metrics.json").is_file()
+    # the evaluation speed of that run, on a fresh synthetic val split
+    row = B.evaluation_speed(tmp_path / "run", tmp_path / "speed", images=6)
+    assert row["images"] == 6 and row["size"] == 128  # the run's synthetic size
+    assert row["seconds"] == pytest.approx(row["predict_s"] + row["score_s"])
+    assert row["images_per_s"] == pytest.approx(6 / row["seconds"]) and 0 <= row["pq"] <= 100
+    assert len(list((tmp_path / "speed" / "eval" / "panoptic_pred").glob("*.png"))) == 6
+    assert "| 6 | 128 |" in B.format_evaluation(row)
