@@ -340,12 +340,28 @@ def format_inference(result: dict) -> str:
 
 
 # --- training -------------------------------------------------------------------------------------
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB: Linux's ``VmHWM`` (the high-water mark of
+    this process image; ``ru_maxrss`` would also count the parent's memory at the fork of a
+    spawned child), else ``ru_maxrss``."""
+    import resource
+    import sys
+    from pathlib import Path
+
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, else kB
+
+
 def _training_child(preset: str, overrides: Sequence[str], size: int, batch: int, steps: int,
                     warmup: int, threads: Optional[int], device: str) -> dict:
     """In a fresh process (so that its peak resident memory is this model's): ``warmup`` +
     ``steps`` training steps (forward, backward, optimizer) on synthetic images of ``size``
     px, ``batch`` a step."""
-    import resource
     import tempfile
 
     from spatialflow.config import load_config
@@ -387,7 +403,7 @@ def _training_child(preset: str, overrides: Sequence[str], size: int, batch: int
                 if device.startswith("cuda") else None)
     return {"preset": preset, "overrides": list(overrides), "size": list(images.tensors.shape[-2:]),
             "batch": batch, "step_s": t["median"], "images_per_s": batch / t["median"],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": peak_rss_mb(),
             "peak_gpu_mb": peak_gpu, "threads": torch.get_num_threads(), "device": device}
 
 

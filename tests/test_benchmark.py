@@ -123,6 +123,19 @@ def test_training_and_quality_tables():
     assert "| 1 | 61 | 37 | 20.0 | 0.0 | 40.0 | 0.1 |" in text
 
 
+def test_training_peak_memory_is_the_child_s_own():
+    """A child spawned by a process that once held much memory reports its own peak."""
+    import gc
+
+    ballast = torch.ones(2**31, dtype=torch.uint8)  # 2 GiB touched in this process
+    del ballast
+    gc.collect()
+    assert B.peak_rss_mb() >= 2048
+    row = B.training_throughput("tiny-cpu", ["model.fpn_channels=16"], size=64, batch=2,
+                                steps=1, warmup=0)
+    assert 100 < row["peak_rss_mb"] < 1500
+
+
 def test_training_throughput_in_a_fresh_process():
     row = B.training_throughput("tiny-cpu", ["model.fpn_channels=16"], size=64, batch=2, steps=2)
     assert row["batch"] == 2 and row["size"] == [128, 128]  # padded to a multiple of 128

@@ -280,3 +280,23 @@ def test_outputs_at_another_size():
     assert torch.equal(big["labels"], small["labels"])
     # the stuff map of the logits upsampled bilinearly agrees with the small one
     assert (big["sem_seg"][::2, ::2] == small["sem_seg"]).float().mean() > 0.9
+
+
+def test_paste_masks_matches_torchvision():
+    """paste_masks gives torchvision's paste_masks_in_image values exactly (in-image boxes,
+    boxes on the border, thin and one-pixel boxes, none at all)."""
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    from spatialflow.model.spatialflow import paste_masks
+
+    g = torch.Generator().manual_seed(0)
+    h, w = 90, 130
+    xy = torch.rand(40, 2, generator=g) * torch.tensor([w, h])
+    boxes = torch.cat([xy, xy + torch.rand(40, 2, generator=g) * 60], 1)
+    boxes[:, 0::2], boxes[:, 1::2] = boxes[:, 0::2].clamp(max=w), boxes[:, 1::2].clamp(max=h)
+    boxes[:4] = torch.tensor([[0.0, 0, w, h], [w - 1, h - 1, w, h], [5, 5, 5.2, 40],
+                              [0, 0, 0.5, 0.5]])
+    masks = torch.rand(40, 1, 28, 28, generator=g)
+    assert torch.equal(paste_masks(masks, boxes, (h, w)),
+                       paste_masks_in_image(masks, boxes, (h, w), padding=1))
+    assert paste_masks(masks[:0], boxes[:0], (h, w)).shape == (0, 1, h, w)

@@ -7,13 +7,13 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as nnf
-from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import batched_nms
 from torchvision.transforms.v2 import functional as F
 
 from spatialflow.config import InferConfig
 from spatialflow.data.transforms import shortest_edge_size
+from spatialflow.model.spatialflow import paste_masks
 from spatialflow.panoptic import merge_outputs, stuff_map
 
 
@@ -92,7 +92,7 @@ def predict_tta(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
                              [(ah, aw)])[0]
         p = p.flip(-1) if flip else p
         mask_probs = p if mask_probs is None else mask_probs + p
-    masks = paste_masks_in_image(mask_probs / len(passes), boxes[:m], (h, w), padding=1)
+    masks = paste_masks(mask_probs / len(passes), boxes[:m], (h, w))
     out = dict(boxes=boxes, scores=scores, labels=labels, masks=masks, sem_seg=stuff_map(sem))
     return {k: v.cpu() for k, v in out.items()}
 
