@@ -104,6 +104,20 @@ def test_tiny_round_trip(tiny_dataset):
         assert {s["id"]: (s["area"], s["bbox"]) for s in segs} == stats
 
 
+def test_segment_stats_small_and_large_ids_agree():
+    """Small ids are counted (bincount), large ones (RGB-encoded) sorted: the same stats."""
+    rng = np.random.default_rng(0)
+    pan = rng.integers(0, 7, size=(40, 60))
+    pan[:, :3] = 0
+    small = segment_stats(pan)
+    large = segment_stats(np.where(pan > 0, pan + 2**20, 0))
+    assert {i + 2**20: v for i, v in small.items()} == large and 0 not in small
+    ys, xs = np.nonzero(pan == 5)
+    assert small[5] == (len(ys), [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                                  int(ys.max() - ys.min() + 1)])
+    assert segment_stats(np.zeros((3, 4), dtype=np.int32)) == {}
+
+
 def test_image_formats_are_converted(tmp_path):
     img_dir, js, png_dir = write_tiny_dataset(tmp_path, n=4, image_ext=".png")
     paths = sorted(img_dir.iterdir())

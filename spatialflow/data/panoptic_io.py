@@ -87,7 +87,16 @@ def write_panoptic_png(path, pan: np.ndarray) -> None:
 def segment_stats(pan: np.ndarray) -> Dict[int, Tuple[int, list]]:
     """``{segment id: (area, [x, y, w, h])}`` of every non-VOID id in ``pan`` (vectorised)."""
     pan = np.asarray(pan)
-    ids, inverse, areas = np.unique(pan.ravel(), return_inverse=True, return_counts=True)
+    flat = pan.ravel()
+    if flat.size and flat.min() >= 0 and flat.max() < 2**16:  # small ids: count, no sort
+        counts = np.bincount(flat)
+        ids = np.flatnonzero(counts)
+        areas = counts[ids]
+        position = np.zeros(len(counts), dtype=np.int64)
+        position[ids] = np.arange(len(ids))
+        inverse = position[flat]
+    else:
+        ids, inverse, areas = np.unique(flat, return_inverse=True, return_counts=True)
     h, w = pan.shape
     ys = np.repeat(np.arange(h), w)
     xs = np.tile(np.arange(w), h)

@@ -60,11 +60,12 @@ def predict_tta(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
                 device: str = "cpu", mask_conf: Optional[float] = None) -> dict:
     """Multi-scale + flip test-time augmentation of one ``float[3,H,W]`` image (the passes of
     :func:`augmentations`): the stuff probabilities of all passes are averaged and give the
-    stuff map (:func:`~spatialflow.panoptic.stuff_map`); the detections of all passes are pooled and reduced by per-class NMS (``nms_thresh``, top
-    ``detections_per_img``); each kept box's 28x28 mask probabilities are averaged over the
-    passes (the thing head run on every pass's features; for the detections scoring at least
-    ``mask_conf`` only, when given) and pasted once. Returns the raw
-    output (``boxes``, ``scores``, ``labels``, ``masks``, ``sem_seg``) at the original size."""
+    stuff map (:func:`~spatialflow.panoptic.stuff_map`); the detections of all passes are
+    pooled and reduced by per-class NMS (``nms_thresh``, top ``detections_per_img``); each kept
+    box's 28x28 mask probabilities are averaged over the passes (the thing head run on every
+    pass's features; with ``mask_conf``, for the detections scoring at least that only) and
+    pasted once. Returns the raw output (``boxes``, ``scores``, ``labels``, ``masks``,
+    ``sem_seg``) at the original size."""
     model.eval()
     h, w = image.shape[-2:]
     passes, found, sem = [], [], None
