@@ -78,8 +78,7 @@ DEMO_DEFAULTS = ["train.max_iters=300"]  # 6-8 minutes of training on 2 cores
 def cmd_bench(args) -> int:
     """The benchmarks of :mod:`spatialflow.benchmark` in one run: inference against
     torchvision's peers, training throughput and memory, quality per minute, evaluation
-    speed. Prints the
-    tables and writes ``bench.json`` and ``bench.md`` into ``--out``."""
+    speed. Prints the tables and writes ``bench.json`` and ``bench.md`` into ``--out``."""
     import json
     import tempfile
 
