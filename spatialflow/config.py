@@ -9,6 +9,7 @@ type are rejected with a :class:`~spatialflow.errors.ConfigError` naming the key
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0001
     clip_grad: Optional[float] = None
+    # non-finite (NaN / Inf) steps skipped before the run stops with a checkpoint
+    max_bad_steps: int = 10
     amp: bool = True  # CUDA only
     seed: int = 0
     log_every: int = 20
@@ -165,6 +168,8 @@ def _coerce(value, tp, key: str):
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"config key '{key}': must be a finite number, got {value!r}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -208,6 +213,12 @@ def _check(cfg: Config) -> Config:
     need(t.warmup_iters >= 0, "train.warmup_iters", "must be >= 0")
     need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
     need(t.optimizer in ("sgd", "adamw"), "train.optimizer", "must be 'sgd' or 'adamw'")
+    need(0 <= t.momentum < 1, "train.momentum", f"must be in [0, 1), got {t.momentum}")
+    need(t.clip_grad is None or t.clip_grad > 0, "train.clip_grad", "must be > 0 (or null)")
+    need(t.max_bad_steps >= 0, "train.max_bad_steps", "must be >= 0")
+    for k in ("log_every", "checkpoint_every"):
+        need(getattr(t, k) >= 1, f"train.{k}", f"must be >= 1, got {getattr(t, k)}")
+    need(t.eval_every is None or t.eval_every >= 1, "train.eval_every", "must be >= 1 (or null)")
     for k in ("score_thresh", "nms_thresh", "mask_conf", "overlap", "box_fill"):
         v = getattr(i, k)
         need(0.0 <= v <= 1.0, f"infer.{k}", f"must be in [0, 1], got {v}")
@@ -216,6 +227,8 @@ def _check(cfg: Config) -> Config:
     need(all(len(x) == 2 and min(x) > 0 for x in i.tta_scales), "infer.tta_scales",
          f"needs [shorter edge, longer-edge cap] pairs of positive sizes, got {i.tta_scales}")
     need(m.fpn_channels >= 1, "model.fpn_channels", "must be >= 1")
+    need(not m.tower_norm or m.fpn_channels % 8 == 0, "model.fpn_channels",
+         f"must be a multiple of 8 with model.tower_norm (GroupNorm), got {m.fpn_channels}")
     need(m.backbone in BACKBONES, "model.backbone", f"must be one of {', '.join(BACKBONES)}")
     need(m.backbone_norm in ("frozen_bn", "bn", "gn"), "model.backbone_norm",
          "must be 'frozen_bn', 'bn' or 'gn'")
@@ -228,6 +241,8 @@ def _check(cfg: Config) -> Config:
          "needs 5 positive sizes (P3-P7)")
     need(m.box_loss in ("l1", "giou"), "model.box_loss", "must be 'l1' or 'giou'")
     need(m.stuff_head_channels >= 4, "model.stuff_head_channels", "must be >= 4")
+    need(m.mask_head_channels is None or m.mask_head_channels >= 1, "model.mask_head_channels",
+         "must be >= 1 (or null)")
     need(m.stuff_loss_weight >= 0, "model.stuff_loss_weight", "must be >= 0")
     need(d.min_size and all(s > 0 for s in d.min_size), "data.min_size", "must be positive sizes")
     need(d.size_sample in ("choice", "range"), "data.size_sample", "must be 'choice' or 'range'")
@@ -239,6 +254,9 @@ def _check(cfg: Config) -> Config:
     need(d.crop_size is None or (len(d.crop_size) == 2 and min(d.crop_size) > 0),
          "data.crop_size", "must be [height, width]")
     need(d.size_divisibility >= 1, "data.size_divisibility", "must be >= 1")
+    need(d.test_size >= 1, "data.test_size", f"must be >= 1, got {d.test_size}")
+    need(d.max_size is None or d.max_size >= 1, "data.max_size", "must be >= 1 (or null)")
+    need(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     s = d.synthetic
     need(s.num_train >= 1 and s.num_val >= 1, "data.synthetic", "needs >= 1 train and val image")
     need(s.size >= 32, "data.synthetic.size", f"must be >= 32, got {s.size}")

@@ -110,11 +110,12 @@ def slug(name: str) -> str:
 
 
 def config_key(cfg) -> str:
-    """Eight hex digits that name what a run trains: the config without its seed (and the
-    folder of its data), so variants of different studies that build the same model share
+    """Eight hex digits that name what a run trains: the config without its seed, the folder
+    of its data and its fault handling, so variants of different studies that build the same model share
     their runs."""
     d = config_to_dict(cfg)
     d["train"].pop("seed")
+    d["train"].pop("max_bad_steps")  # how a run reacts to a fault, not what it trains
     d["data"].pop("root")
     if not cfg.model.subnets:  # no stuff / thing tower: their flows are not built
         for flow in ("reg_to_stuff", "reg_to_thing", "stuff_to_thing"):

@@ -227,8 +227,13 @@ def test_backbone_options(tmp_path):
     assert torch.equal(bb.body.layer3[1].conv2.weight, ref.layer3[1].conv2.weight)
     assert torch.equal(bb.body.bn1.running_var, ref.bn1.running_var)
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
-    with pytest.raises(InputError, match="not weights of this backbone"):
+    with pytest.raises(InputError, match=r"r34.pth .*do not fit.*unexpected: layer1.2"):
         build_backbone("resnet18", 32, "frozen_bn", pretrained=str(tmp_path / "r34.pth"))
+    odd = dict(ref.state_dict(), **{"conv1.weight": torch.zeros(64, 3, 5, 5)})
+    torch.save(odd, tmp_path / "odd.pth")  # same names, another shape: named, not torch's dump
+    with pytest.raises(InputError, match=r"another shape.*conv1.weight \(64, 3, 5, 5\) vs "
+                                         r"\(64, 3, 7, 7\)"):
+        build_backbone("resnet18", 32, "frozen_bn", pretrained=str(tmp_path / "odd.pth"))
     with pytest.raises(InputError, match="not found"):
         build_backbone("resnet18", 32, "frozen_bn", pretrained=str(tmp_path / "none.pth"))
 

@@ -1,6 +1,13 @@
 """Training: SGD with warm-up and step decay, AMP on CUDA, DDP through ``torchrun``, atomic
 checkpoints with exact resume, progress bars, ``metrics.jsonl`` and periodic evaluation.
 
+Faults (:mod:`spatialflow.engine.faults`): SIGINT / SIGTERM finish the iteration, save a
+checkpoint and raise :class:`~spatialflow.errors.TrainingInterrupted`; a step with a NaN / Inf
+loss or gradient is skipped (logged as ``bad_step`` in ``metrics.jsonl``) and after
+``train.max_bad_steps`` of them the run saves a checkpoint and raises
+:class:`~spatialflow.errors.TrainingDiverged`; a kill during a checkpoint write leaves the
+previous checkpoint (the write is atomic).
+
 A run directory holds ``config.yaml``, ``metrics.jsonl``, ``checkpoint_last.pt``,
 ``model_final.pt`` and ``eval/``; with ``data.root`` unset the synthetic data is generated into
 ``<run>/data`` (the same bytes for the same config).
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import warnings
 from dataclasses import replace
 import os
@@ -27,8 +35,11 @@ import torch.distributed as dist
 from spatialflow.config import Config, apply_overrides, config_from_dict, config_to_dict, load_config, save_config
 from spatialflow.data.coco_panoptic import CocoPanopticDataset, collate_panoptic
 from spatialflow.data.transforms import build_transforms
-from spatialflow.errors import InputError
+from spatialflow.engine.faults import (StopSignals, agree, grads_finite, ignore_stop_signals,
+                                       nonfinite_terms, params_finite)
+from spatialflow.errors import InputError, TrainingDiverged, TrainingInterrupted
 from spatialflow.model import build_model
+from spatialflow.model.weights import load_state
 
 CHECKPOINT = "checkpoint_last.pt"
 FINAL = "model_final.pt"
@@ -127,14 +138,22 @@ def scaled_lr(cfg: Config) -> float:
 # --- checkpoints ----------------------------------------------------------------------------
 def save_checkpoint(path, state: dict) -> None:
     """Write atomically: a temporary file in the same folder, flushed, then renamed over
-    ``path`` (a crash leaves the previous checkpoint intact)."""
+    ``path``. A crash or a kill leaves the previous checkpoint intact; a failed write (a full
+    disk) removes the temporary file and raises ``OSError`` naming ``path``."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, f"{path}: checkpoint not written ({e.strerror or e}); the "
+                                   f"previous one, if any, is kept") from e
+        raise
 
 
 def load_checkpoint(path) -> dict:
@@ -182,11 +201,45 @@ def load_run(path, device: str = "cpu", overrides: Sequence[str] = ()):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # frozen BN without pretrained weights: loaded below
         model = build_model(replace(cfg, model=replace(cfg.model, pretrained=None)), categories)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise InputError(f"{path}: weights do not fit the model of its config ({e})") from None
+    load_state(model, state["model"], f"{path} (against the model of its own config)")
     return cfg, model.to(device).eval(), categories
+
+
+def load_weights(model, path, config: Optional[Config] = None) -> dict:
+    """Load the weights of a SpatialFlow checkpoint (a run folder or a ``.pt`` file) into a
+    model you built, e.g. ``build_model(load_config("r50-coco"), categories)``; returns the
+    checkpoint. When they do not fit, the :class:`~spatialflow.errors.InputError` names the
+    file, the first tensors that differ and, given the model's ``config``, the model settings
+    in which the checkpoint's config differs (e.g. another preset's backbone)."""
+    path = find_checkpoint(path) or Path(path)
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or "model" not in state:
+        raise InputError(f"{path}: not a SpatialFlow checkpoint (no 'model' weights)")
+    try:
+        load_state(unwrap(model), state["model"], str(path))
+    except InputError as e:
+        if config is None or "config" not in state:
+            raise
+        theirs = config_from_dict(state["config"])
+        diffs = _differences(config_to_dict(theirs)["model"], config_to_dict(config)["model"],
+                             "model.")
+        raise InputError(f"{path}: a checkpoint of preset '{theirs.name}' does not fit this "
+                         f"model (preset '{config.name}'): "
+                         + (", ".join(diffs[:6]) + "; " if diffs else "")
+                         + str(e).split(": ", 1)[1]) from None
+    return state
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> List[str]:
+    """``key: A (checkpoint) vs B (model)`` for each leaf where the nested dicts differ."""
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k} {x!r} in the checkpoint vs {y!r}")
+    return out
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -220,6 +273,24 @@ def build_datasets(cfg: Config, root: Path):
 def _to(targets, device):
     return [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
             for t in targets]
+
+
+def _trim_log(path: Path, iteration: int) -> None:
+    """Drop the records of ``metrics.jsonl`` written after ``iteration`` (a resumed run redoes
+    those iterations) and any torn last line of a killed run; rewritten atomically."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("iter", 0) <= iteration:
+            keep.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(x + "\n" for x in keep))
+    os.replace(tmp, path)
 
 
 def _log(path: Path, record: dict, on_log=None) -> None:
@@ -260,6 +331,10 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
     if resume:
         state = load_checkpoint(run / CHECKPOINT)
         cfg = config_from_dict(state["config"])
+        if rank == 0:  # what a kill left behind: a torn temporary, log lines past the checkpoint
+            for name in (CHECKPOINT, FINAL):
+                (run / (name + ".tmp")).unlink(missing_ok=True)
+            _trim_log(run / "metrics.jsonl", int(state["iteration"]))
     else:
         cfg = config if isinstance(config, Config) else load_config(config)
         if rank == 0:
@@ -283,7 +358,7 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
     scheduler = lr_scheduler(optimizer, min(t.warmup_iters, total), milestones)
     use_amp = t.amp and device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    start = 0
+    start, bad_steps = 0, 0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -291,6 +366,7 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
         start = int(state["iteration"])
+        bad_steps = int(state.get("bad_steps", 0))
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.startswith("cuda") else None)
@@ -298,12 +374,18 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
     loader = torch.utils.data.DataLoader(
         SeededItems(train_ds, t.seed), batch_sampler=batches,
         collate_fn=functools.partial(collate_panoptic, size_divisibility=cfg.data.size_divisibility),
-        num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
+        num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
+        worker_init_fn=ignore_stop_signals if cfg.data.num_workers > 0 else None)
 
     def checkpoint(it: int) -> None:
         if rank != 0:
             return
+        if not params_finite(unwrap(model)):  # never replace a good checkpoint by a bad one
+            warnings.warn(f"{run / CHECKPOINT}: not updated at iteration {it}: the weights hold "
+                          f"NaN / Inf", RuntimeWarning, stacklevel=2)
+            return
         save_checkpoint(run / CHECKPOINT, {
+            "bad_steps": bad_steps,
             "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "iteration": it, "epoch": it // batches.per_epoch,
@@ -330,47 +412,79 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
     model.train()
     it, tick, skipped = start, time.perf_counter(), 0
     deadline = None if stop_after_s is None else tick + stop_after_s
+    signals = StopSignals()
     try:
-        for images, targets in loader:
-            if it >= total:
-                break
-            skipped += sum(len(x.get("skipped", ())) for x in targets)
-            images, targets = images.to(device), _to(targets, device)
-            with torch.autocast("cuda", enabled=use_amp):
-                losses = model(images, targets)
-                loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if t.clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, t.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            it += 1
-            bar.update(1)
-            if it % t.log_every == 0 or it == total:
-                values = {k: v.item() for k, v in losses.items()}
-                now = time.perf_counter()
-                rate = t.log_every * t.batch_size / max(now - tick, 1e-9)
-                tick = now
-                bar.set_postfix(loss=f"{sum(values.values()):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2g}")
-                if rank == 0:
-                    _log(run / "metrics.jsonl", {"iter": it, "lr": scheduler.get_last_lr()[0],
-                                                 "loss": sum(values.values()), **values,
-                                                 "images_per_s": rate, "skipped": skipped},
-                         on_log)
-            leave = it == stop_at or (deadline is not None and time.perf_counter() >= deadline)
-            if it % t.checkpoint_every == 0 or it == total or leave:
-                checkpoint(it)
-            if leave and it < total:
-                bar.close()
-                _barrier()
-                return run
-            if t.eval_every and it % t.eval_every == 0 and it < total:
-                run_eval(it)
-    except KeyboardInterrupt:
-        checkpoint(it)
+        with signals:
+            for images, targets in loader:
+                if it >= total:
+                    break
+                skipped += sum(len(x.get("skipped", ())) for x in targets)
+                images, targets = images.to(device), _to(targets, device)
+                with torch.autocast("cuda", enabled=use_amp):
+                    losses = model(images, targets)
+                    loss = sum(losses.values())
+                optimizer.zero_grad(set_to_none=True)
+                bad = nonfinite_terms(losses)
+                if agree(bool(bad), device):  # every process skips the backward together
+                    bad = bad or ["(in another process)"]
+                else:
+                    scaler.scale(loss).backward()
+                    if t.clip_grad:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(params, t.clip_grad)
+                    if not use_amp and not grads_finite(params):  # (AMP's scaler skips these)
+                        bad = ["gradient"]
+                if bad:
+                    bad_steps += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    message = (f"iteration {it + 1}: non-finite {', '.join(bad)}; step skipped "
+                               f"({bad_steps} so far, train.max_bad_steps={t.max_bad_steps})")
+                    if rank == 0:
+                        _log(run / "metrics.jsonl", {"iter": it + 1, "bad_step": bad,
+                                                     "bad_steps": bad_steps}, on_log)
+                    if bad_steps > t.max_bad_steps:
+                        checkpoint(it)
+                        raise TrainingDiverged(
+                            f"{run}: training stopped at {message}. Checkpoint of iteration "
+                            f"{it} (finite weights): {run / CHECKPOINT}. A lower train.lr or "
+                            f"train.clip_grad may help; the loss terms are in "
+                            f"{run / 'metrics.jsonl'}")
+                    warnings.warn(message, RuntimeWarning, stacklevel=2)
+                    with warnings.catch_warnings():  # the schedule follows the iteration,
+                        warnings.simplefilter("ignore")  # stepped or not
+                        scheduler.step()
+                else:
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                it += 1
+                bar.update(1)
+                if not bad and (it % t.log_every == 0 or it == total):
+                    values = {k: v.item() for k, v in losses.items()}
+                    now = time.perf_counter()
+                    rate = t.log_every * t.batch_size / max(now - tick, 1e-9)
+                    tick = now
+                    bar.set_postfix(loss=f"{sum(values.values()):.3f}",
+                                    lr=f"{scheduler.get_last_lr()[0]:.2g}")
+                    if rank == 0:
+                        _log(run / "metrics.jsonl", {
+                            "iter": it, "lr": scheduler.get_last_lr()[0],
+                            "loss": sum(values.values()), **values, "images_per_s": rate,
+                            "skipped": skipped}, on_log)
+                leave = it == stop_at or (deadline is not None and time.perf_counter() >= deadline)
+                interrupted = agree(signals.requested, device)
+                if it % t.checkpoint_every == 0 or it == total or leave or interrupted:
+                    checkpoint(it)
+                if interrupted:
+                    raise TrainingInterrupted(signals.signum or signal.SIGTERM, it,
+                                              run / CHECKPOINT)
+                if leave and it < total:
+                    bar.close()
+                    _barrier()
+                    return run
+                if t.eval_every and it % t.eval_every == 0 and it < total:
+                    run_eval(it)
+    except BaseException:
         bar.close()
         raise
     bar.close()

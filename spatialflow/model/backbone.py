@@ -14,6 +14,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from spatialflow.errors import InputError
+from spatialflow.model.weights import load_state
 
 FPN_LEVELS = ("p3", "p4", "p5", "p6", "p7")
 
@@ -43,12 +44,7 @@ def load_backbone_weights(body: nn.Module, path) -> None:
         raise InputError(f"{path}: cannot read backbone weights ({e})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = body.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        raise InputError(f"{path}: not weights of this backbone (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
+    load_state(body, state, f"{path} (ResNet weights)", ignore=("fc.",))
 
 
 def build_backbone(name: str = "resnet50", fpn_channels: int = 256, norm: str = "frozen_bn",
