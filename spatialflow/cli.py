@@ -1,7 +1,8 @@
 """The ``spatialflow`` command line.
 
 Exit codes: 0 success, 2 bad usage or bad input (one line on stderr; ``--debug`` shows the
-traceback), 1 internal error.
+traceback; a diverged training run is one), 1 internal error, 128 + the signal number when
+``train`` stops on SIGINT (130) or SIGTERM (143) after saving a checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import traceback
 from importlib import metadata
 from pathlib import Path
 
-from spatialflow.errors import InputError
+from spatialflow.errors import InputError, TrainingInterrupted
 
 DISTRIBUTIONS = ("torch", "torchvision", "numpy", "pillow", "pycocotools", "panopticapi-lite",
                  "grad-cam", "matplotlib", "tqdm", "pyyaml", "ipywidgets")
@@ -390,6 +391,9 @@ def main(argv=None) -> int:
             traceback.print_exc()
         print(f"spatialflow {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:  # SIGINT / SIGTERM, after a checkpoint
+        print(f"spatialflow {args.command}: stopped by {e}", file=sys.stderr)
+        return 128 + int(e.signum)
     except KeyboardInterrupt:
         print(f"spatialflow {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -46,10 +46,66 @@ def test_yaml_file_with_base_preset(tmp_path):
     ("data.min_size=800", "data.min_size"),
     ("nonsense=1", "nonsense"),
     ("train.optimizer=adam", "train.optimizer"),
+    ("train.lr=.inf", "train.lr"),                    # YAML's infinity
+    ("train.lr=.nan", "train.lr"),
+    ("infer.score_thresh=-0.01", "infer.score_thresh"),
+    ("infer.mask_conf=1.01", "infer.mask_conf"),
+    ("infer.stuff_area=-1", "infer.stuff_area"),
+    ("model.cls_stages=0", "model.cls_stages"),
+    ("model.thing_stages=-2", "model.thing_stages"),
+    ("model.fpn_channels=7", "model.fpn_channels"),   # GroupNorm towers need a multiple of 8
+    ("model.mask_head_channels=0", "model.mask_head_channels"),
+    ("model.anchor_sizes=[32,64]", "model.anchor_sizes"),
+    ("model.backbone=vgg16", "model.backbone"),
+    ("model.flows.source=stuff", "model.flows.source"),
+    ("train.momentum=1.5", "train.momentum"),
+    ("train.clip_grad=0", "train.clip_grad"),
+    ("train.max_bad_steps=-1", "train.max_bad_steps"),
+    ("train.log_every=0", "train.log_every"),
+    ("train.eval_every=0", "train.eval_every"),
+    ("train.milestones=[0.5,1.5]", "train.milestones"),
+    ("data.test_size=0", "data.test_size"),
+    ("data.num_workers=-1", "data.num_workers"),
+    ("data.crop_size=[0,10]", "data.crop_size"),
+    ("data.scale_range=[2.0,0.5]", "data.scale_range"),
+    ("data.synthetic.size=8", "data.synthetic.size"),
+    ("model=3", "model"),                             # a mapping expected
+    ("train.lr=[0.1]", "train.lr"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config("tiny-cpu", [override])
+
+
+@pytest.mark.parametrize("text, key", [
+    ("train: {lr: 0.01, speed: 3}\n", "train.speed"),          # unknown, nested
+    ("model: {flows: {reg_to_cls: yes please}}\n", "model.flows.reg_to_cls"),
+    ("infer: {tta_scales: [[800]]}\n", "infer.tta_scales"),
+    ("data: {min_size: [800, -1]}\n", "data.min_size"),
+    ("preset: tiny-cpu\ntrain: {batch_size: 0}\n", "train.batch_size"),
+])
+def test_bad_yaml_files_name_the_key(tmp_path, text, key, capsys):
+    from spatialflow.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(path)
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert key in err and err.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+def test_yaml_cannot_run_code(tmp_path):
+    """Configs are read with ``yaml.safe_load``: a Python tag is refused, never executed."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.yaml"
+    path.write_text(f"train: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(path)
+    text = f"!!python/object/apply:os.system ['touch {marker}']"
+    assert load_config("tiny-cpu", [f"description={text}"]).description == text  # a string
+    assert not marker.exists()
 
 
 def test_unknown_preset_and_missing_file(tmp_path):

@@ -1,0 +1,256 @@
+"""Training faults: NaN / Inf steps, SIGINT / SIGTERM, SIGKILL during a checkpoint write, a full
+disk, and distributed processes agreeing on all of it. The kills are real, in subprocesses."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import spatialflow.engine.train as train_module
+from spatialflow.cli import main
+from spatialflow.config import load_config
+from spatialflow.data.synthetic import make_synthetic
+from spatialflow.engine.faults import StopSignals, agree, grads_finite, nonfinite_terms
+from spatialflow.engine.train import CHECKPOINT, FINAL, load_checkpoint, save_checkpoint, train
+from spatialflow.errors import TrainingDiverged
+
+FAST = ["data.synthetic.num_train=8", "data.synthetic.num_val=2", "data.synthetic.size=128",
+        "data.min_size=[128]", "data.max_size=128", "data.test_size=128", "data.num_workers=0",
+        "train.batch_size=2", "train.base_batch_size=2", "train.log_every=5",
+        "train.warmup_iters=5", "train.checkpoint_every=1000"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_synthetic(root, 8, 2, 128, 0, workers=1, progress=False)
+    return root
+
+
+def fast(data_root, *extra):
+    return load_config("tiny-cpu", FAST + [f"data.root={data_root}", *extra])
+
+
+def records(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def poison(monkeypatch, steps, kind="loss"):
+    """Make training forward number ``steps`` (1-based) give a NaN loss (``kind="loss"``) or a
+    finite loss with a NaN gradient (``"grad"``); returns the list of a weight's value seen at
+    every training forward."""
+    real, seen = train_module.build_model, []
+
+    def build(cfg, categories):
+        model = real(cfg, categories)
+        forward, weight = model.forward, next(model.parameters())
+
+        def patched(images, targets=None, **kwargs):
+            out = forward(images, targets, **kwargs)
+            if model.training:
+                seen.append(weight.detach().clone())
+                if (len(seen) > 2) if steps == "all" else (len(seen) in steps):
+                    out = dict(out)
+                    if kind == "loss":
+                        out["loss_cls"] = out["loss_cls"] * float("nan")
+                    else:  # d sqrt(x)/dx at 0 is inf: 0 * inf = NaN in the gradient only
+                        out["loss_cls"] = out["loss_cls"] + 0.0 * torch.sqrt(weight.sum() * 0.0)
+            return out
+
+        model.forward = patched
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", build)
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["loss", "grad"])
+def test_nonfinite_steps_are_skipped_and_the_run_goes_on(data_root, tmp_path, monkeypatch, kind):
+    seen = poison(monkeypatch, {2, 3}, kind)
+    run = tmp_path / "run"
+    with pytest.warns(RuntimeWarning, match="iteration 2: non-finite"):
+        train(fast(data_root, "train.max_iters=6", "train.max_bad_steps=2"), run,
+              progress=False, evaluate_at_end=False)
+    assert len(seen) == 6
+    assert not torch.equal(seen[0], seen[1])              # step 1 was taken
+    assert torch.equal(seen[1], seen[2]) and torch.equal(seen[1], seen[3])  # 2 and 3 skipped
+    assert not torch.equal(seen[3], seen[4])              # step 4 was taken again
+    final = load_checkpoint(run / FINAL)
+    assert final["iteration"] == 6 and all(torch.isfinite(v).all() for v in
+                                           final["model"].values() if v.is_floating_point())
+    last = load_checkpoint(run / CHECKPOINT)
+    assert last["bad_steps"] == 2 and last["scheduler"]["_schedulers"][1]["last_epoch"] == 6
+    bad = [r for r in records(run) if "bad_step" in r]
+    term = "loss_cls" if kind == "loss" else "gradient"
+    assert [(r["iter"], r["bad_step"], r["bad_steps"]) for r in bad] == [(2, [term], 1),
+                                                                        (3, [term], 2)]
+
+
+def test_too_many_bad_steps_stop_with_a_good_checkpoint(data_root, tmp_path, monkeypatch,
+                                                        capsys):
+    poison(monkeypatch, "all")                            # every step from the third on
+    run = tmp_path / "run"
+    sets = FAST + [f"data.root={data_root}", "train.max_iters=20", "train.max_bad_steps=2"]
+    with pytest.warns(RuntimeWarning):
+        code = main(["train", "--quiet", "--set", *sets, "--out", str(run)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "training stopped at iteration 5: non-finite loss_cls" in err
+    assert "Checkpoint of iteration 4" in err and "train.lr" in err
+    state = load_checkpoint(run / CHECKPOINT)
+    assert state["iteration"] == 4 and state["bad_steps"] == 3
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (run / FINAL).exists()
+    with pytest.raises(TrainingDiverged):                 # still diverging after a resume
+        train(None, run, resume=True, progress=False, evaluate_at_end=False)
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / CHECKPOINT
+    save_checkpoint(path, {"iteration": 1, "w": torch.ones(3)})
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="checkpoint not written.*No space left.*previous one"):
+        save_checkpoint(path, {"iteration": 2, "w": torch.zeros(3)})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["iteration"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT]   # no torn .tmp left
+
+
+def test_fault_helpers():
+    assert nonfinite_terms({"a": torch.tensor(1.0), "b": torch.tensor(float("inf")),
+                            "c": torch.tensor(float("nan"))}) == ["b", "c"]
+    p = torch.nn.Parameter(torch.ones(2))
+    assert grads_finite([p])                              # no gradient yet
+    p.grad = torch.tensor([1.0, float("nan")])
+    assert not grads_finite([p])
+    assert agree(True) and not agree(False)               # one process: the flag itself
+
+
+def test_stop_signals_first_asks_second_interrupts():
+    previous = signal.getsignal(signal.SIGINT)
+    with StopSignals() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        assert stop.requested and stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):            # impatience: a second Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
+# --- real signals to a real training process -------------------------------------------------
+def _spawn(args, **kwargs):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "spatialflow.cli", "train", "--quiet", *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kwargs)
+
+
+def _wait_for(predicate, proc, timeout=300):
+    end = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early ({proc.returncode}): "
+                                 f"{proc.stderr.read()[-2000:]}")
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_a_checkpoint_and_resume_finishes(data_root, tmp_path, signum):
+    """The signal goes to the whole process group, DataLoader workers included, as a
+    terminal's Ctrl-C or torchrun's shutdown does."""
+    run = tmp_path / "run"
+    sets = FAST + [f"data.root={data_root}", "train.max_iters=12", "data.num_workers=2",
+                   "train.log_every=2"]
+    proc = _spawn(["--set", *sets, "--out", str(run)])
+    _wait_for(lambda: (run / "metrics.jsonl").is_file(), proc)   # 2 iterations done
+    os.killpg(proc.pid, signum)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signum, err[-2000:]
+    name = signal.Signals(signum).name
+    assert f"stopped by {name} at iteration" in err and "--resume" in err, err[-2000:]
+    state = load_checkpoint(run / CHECKPOINT)
+    assert 2 <= state["iteration"] < 12 and f"at iteration {state['iteration']}:" in err
+    assert not (run / FINAL).exists()
+    if signum == signal.SIGINT:  # resuming is the same for both (time saved)
+        return
+    train(None, run, resume=True, progress=False, evaluate_at_end=False)
+    assert load_checkpoint(run / FINAL)["iteration"] == 12
+    assert [r["iter"] for r in records(run)] == [2, 4, 6, 8, 10, 12]
+
+
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(data_root, tmp_path):
+    """SIGKILL (no handler can run) while ``checkpoint_last.pt.tmp`` is being written: the
+    previous checkpoint loads, and ``--resume`` continues from it to the end."""
+    run = tmp_path / "run"
+    sets = FAST + [f"data.root={data_root}", "train.max_iters=10", "train.checkpoint_every=1",
+                   "train.optimizer=sgd"]  # (smaller checkpoints than AdamW's)
+    last, tmp = run / CHECKPOINT, run / (CHECKPOINT + ".tmp")
+    for attempt in range(5):                              # until a kill lands mid-write
+        proc = _spawn(["--set", *sets, "--out", str(run)] if attempt == 0
+                      else ["--resume", "--out", str(run)])
+        _wait_for(lambda: last.is_file() and tmp.is_file(), proc)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        if tmp.is_file():
+            break
+    assert tmp.is_file(), "no kill landed during a write in 5 attempts"
+    state = load_checkpoint(last)                         # intact, not torn
+    assert 1 <= state["iteration"] < 10
+    train(None, run, resume=True, progress=False, evaluate_at_end=False)
+    assert load_checkpoint(run / FINAL)["iteration"] == 10 and not tmp.exists()
+    iters = [r["iter"] for r in records(run)]
+    assert iters == [5, 10], iters
+
+
+def test_distributed_processes_skip_a_bad_step_together(data_root, tmp_path):
+    """torchrun, 2 CPU processes: a NaN loss in process 1 only; both skip the step (else one
+    would wait forever in the gradient all-reduce) and the run finishes."""
+    script = tmp_path / "poisoned_train.py"
+    script.write_text(
+        "import os, sys\n"
+        "import spatialflow.engine.train as t\n"
+        "real = t.build_model\n"
+        "def build(cfg, cats):\n"
+        "    model = real(cfg, cats)\n"
+        "    forward, calls = model.forward, []\n"
+        "    def patched(images, targets=None, **kw):\n"
+        "        out = forward(images, targets, **kw)\n"
+        "        if model.training:\n"
+        "            calls.append(1)\n"
+        "            if os.environ['RANK'] == '1' and len(calls) == 2:\n"
+        "                out = dict(out, loss_cls=out['loss_cls'] * float('nan'))\n"
+        "        return out\n"
+        "    model.forward = patched\n"
+        "    return model\n"
+        "t.build_model = build\n"
+        "from spatialflow.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    from tests.test_train import _free_port
+    sets = FAST + [f"data.root={data_root}", "train.max_iters=3", "train.batch_size=4",
+                   "train.base_batch_size=4", "train.log_every=1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={_free_port()}", str(script), "train", "--quiet",
+                           "--set", *sets, "--out", str(tmp_path / "run")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = records(tmp_path / "run")
+    assert [r for r in logs if "bad_step" in r] == [
+        {"iter": 2, "bad_step": ["(in another process)"], "bad_steps": 1}]
+    assert [r["iter"] for r in logs if "loss" in r] == [1, 3]
+    assert load_checkpoint(tmp_path / "run" / FINAL)["iteration"] == 3
