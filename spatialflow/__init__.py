@@ -19,6 +19,7 @@ _EXPORTS = {
     "build_model": "spatialflow.model.spatialflow",
     "train": "spatialflow.engine.train",
     "load_run": "spatialflow.engine.train",
+    "load_weights": "spatialflow.engine.train",
     "evaluate": "spatialflow.evaluation",
     "SpatialFlow": "spatialflow.model.spatialflow",
 }

@@ -238,26 +238,45 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    """PQ / SQ / RQ and box AP of a trained run or checkpoint on a data split."""
+    """PQ / SQ / RQ and box AP of a trained run or checkpoint on a data split. Images that
+    cannot be read are left out, listed on stderr after the metrics (and in
+    ``OUT/skipped.json``), and the exit code is then 2."""
+    import warnings
+
     from spatialflow.data.coco_panoptic import CocoPanopticDataset
     from spatialflow.engine.train import load_run, prepare_data
-    from spatialflow.evaluation import evaluate, format_metrics
+    from spatialflow.evaluation import SkippedItemWarning, evaluate, format_metrics
 
     cfg, model, categories = load_run(args.run, overrides=args.set)
     run = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
     root = Path(args.data) if args.data else prepare_data(cfg, run)
     ds = CocoPanopticDataset.from_root(root, args.split or cfg.data.val_split,
                                        on_error=cfg.data.on_error)
-    if (ds.categories.thing_ids, ds.categories.stuff_ids) != (categories.thing_ids,
-                                                              categories.stuff_ids):
-        raise InputError(f"{ds.panoptic_json}: its categories (things {ds.categories.thing_ids},"
-                         f" stuff {ds.categories.stuff_ids}) are not those the model was trained "
-                         f"on (things {categories.thing_ids}, stuff {categories.stuff_ids})")
+    ds.categories.check_model(categories, str(ds.panoptic_json))
     out = Path(args.out) if args.out else run / "eval" / "final"
-    metrics = evaluate(model, ds, out, cfg.infer, cfg.data.test_size, cfg.data.max_size,
-                       max_images=args.max_images, progress=not args.quiet)
+    skipped = []
+
+    def list_skipped():
+        for _, _, reason in skipped:
+            print(f"skipped: {reason}", file=sys.stderr)
+
+    try:
+        with warnings.catch_warnings():  # the skipped items are listed at the end instead
+            warnings.simplefilter("ignore", SkippedItemWarning)
+            metrics = evaluate(model, ds, out, cfg.infer, cfg.data.test_size, cfg.data.max_size,
+                               max_images=args.max_images, progress=not args.quiet,
+                               on_skip=lambda *item: skipped.append(item))
+    except InputError:  # e.g. no image could be read
+        list_skipped()
+        raise
     print(format_metrics(metrics, ds.categories, per_class=args.per_class))
     print(f"metrics written to {out / 'metrics.json'}")
+    if skipped:
+        list_skipped()
+        n = len(ds) if args.max_images is None else min(args.max_images, len(ds))
+        raise InputError(f"{len(skipped)} of {n} image(s) could not be read (listed above, and "
+                         f"in {out / 'skipped.json'}); the metrics cover the other "
+                         f"{n - len(skipped)}")
     return 0
 
 

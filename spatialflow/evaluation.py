@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from spatialflow.data.categories import CategoryMap
 from spatialflow.data.panoptic_io import write_panoptic_png
+from spatialflow.errors import DatasetError
 
 BOX_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -166,9 +168,23 @@ def box_ap(gt: dict, detections: List[dict], image_ids: Optional[Sequence] = Non
     return {k: float(v) for k, v in zip(BOX_KEYS, ev.stats[:6])}
 
 
+class SkippedItemWarning(UserWarning):
+    """An item left out of an evaluation because its image or panoptic PNG cannot be read or
+    does not match its ``segments_info`` (see :attr:`PanopticEvaluator.skipped`)."""
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
 class PanopticEvaluator:
     """Collects predictions of a data set, writes them in COCO panoptic format under
     ``out_dir`` (``panoptic_pred/*.png`` + ``panoptic_pred.json``) and scores them.
+
+    Items that cannot be scored (image or PNG unreadable, sizes that differ, PNG ids that do
+    not match ``segments_info``) are passed to :meth:`skip`: they are kept in :attr:`skipped`
+    as ``(image_id, file, reason)``, warned about (:class:`SkippedItemWarning`), written to
+    ``out_dir/skipped.json`` by :meth:`compute`, and the others are scored.
 
     Args:
         dataset: the :class:`~spatialflow.data.CocoPanopticDataset` predicted on (its JSON and
@@ -185,6 +201,46 @@ class PanopticEvaluator:
         self.instances_json = instances_json
         self.annotations: List[dict] = []
         self.detections: List[dict] = []
+        self.records: List[dict] = []
+        self.skipped: List[Tuple[object, str, str]] = []
+        self._stats: Dict[object, dict] = {}  # image id -> {segment id: (area, bbox)} to fill in
+
+    def check(self, pan: np.ndarray, record: dict) -> None:
+        """Check one item's ground truth before it is predicted: the ids of its panoptic PNG
+        ``pan`` must be those of ``record["segments_info"]`` (panopticapi would fail or
+        miscount otherwise) and ``area`` / ``bbox``, where given, must be numbers. Missing
+        ``area``, ``bbox`` and ``iscrowd`` are taken from the PNG (and 0) for scoring.
+
+        Raises:
+            DatasetError: naming the PNG, the image id and the fault.
+        """
+        from spatialflow.data.coco_panoptic import check_segment_ids
+        from spatialflow.data.panoptic_io import segment_stats
+
+        where = f"{record['png_path']} (image id {record['image_id']})"
+        segments = record["segments_info"]
+        for seg in segments:
+            area, bbox = seg.get("area"), seg.get("bbox")
+            if "area" in seg and not _is_number(area):
+                raise DatasetError(f"{where}: segment id {seg['id']} has invalid area {area!r}")
+            if "bbox" in seg and not (isinstance(bbox, (list, tuple)) and len(bbox) == 4
+                                      and all(_is_number(v) for v in bbox)):
+                raise DatasetError(f"{where}: segment id {seg['id']} has invalid bbox {bbox!r}")
+        fill = any(k not in s for s in segments for k in ("area", "bbox"))
+        present = segment_stats(pan) if fill else np.unique(pan).tolist()
+        check_segment_ids(present, segments, where)
+        if fill:
+            self._stats[record["image_id"]] = present
+
+    def skip(self, record: dict, error) -> None:
+        """Leave one item out: keep ``(image id, file, reason)`` in :attr:`skipped` and warn.
+        ``file`` is the PNG when the reason names it first, else the image."""
+        reason = str(error)
+        png, image = str(record["png_path"]), str(record["image_path"])
+        file = png if reason.startswith(png) else image
+        self.skipped.append((record["image_id"], file, reason))
+        warnings.warn(f"evaluation skips image id {record['image_id']}: {reason}",
+                      SkippedItemWarning, stacklevel=2)
 
     def add(self, record: dict, output: dict, pan: np.ndarray, segments: List[dict]) -> None:
         """One image: its dataset record, the model output at the original size, and the
@@ -192,6 +248,7 @@ class PanopticEvaluator:
         cats = self.dataset.categories
         png = Path(record["png_path"]).name
         write_panoptic_png(self.pred_dir / png, pan)
+        self.records.append(record)
         self.annotations.append({"image_id": record["image_id"], "file_name": png,
                                  "segments_info": segments})
         for box, score, label in zip(output["boxes"].tolist(), output["scores"].tolist(),
@@ -201,17 +258,64 @@ class PanopticEvaluator:
                                     "category_id": cats.thing_id(int(label)),
                                     "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)})
 
+    def _ground_truth(self) -> Tuple[dict, bool]:
+        """The ground truth of the added images as a COCO panoptic dict (missing ``area``,
+        ``bbox``, ``iscrowd`` filled in), and whether it differs from the dataset's JSON."""
+        import os
+
+        gt = json.loads(Path(self.dataset.panoptic_json).read_text(encoding="utf-8-sig"))
+        ids = [r["image_id"] for r in self.records]
+        same = (sorted(map(str, ids)) == sorted(str(a["image_id"]) for a in gt["annotations"])
+                and not self._stats
+                and all("iscrowd" in s for r in self.records for s in r["segments_info"]))
+        if same:
+            return gt, False
+        annotations = []
+        for rec in self.records:
+            stats = self._stats.get(rec["image_id"], {})
+            segments = []
+            for seg in rec["segments_info"]:
+                seg = dict(seg, iscrowd=int(seg.get("iscrowd", 0)))
+                if "area" not in seg or "bbox" not in seg:
+                    area, bbox = stats[int(seg["id"])]
+                    seg.setdefault("area", area)
+                    seg.setdefault("bbox", bbox)
+                segments.append(seg)
+            png = Path(rec["png_path"])
+            try:
+                file_name = str(png.relative_to(self.dataset.panoptic_dir))
+            except ValueError:
+                file_name = os.path.abspath(png)
+            annotations.append({"image_id": rec["image_id"], "file_name": file_name,
+                                "segments_info": segments})
+        keep = set(ids)
+        images = [im for im in gt["images"] if im["id"] in keep]
+        return dict(gt, images=images, annotations=annotations), True
+
     def compute(self) -> dict:
         """Write the prediction JSON, run ``pq_compute`` and ``COCOeval``, write
-        ``metrics.json``; return the metrics dict."""
-        gt = json.loads(Path(self.dataset.panoptic_json).read_text())
+        ``metrics.json`` (and ``skipped.json`` when items were skipped); return the metrics
+        dict.
+
+        The scored ground truth is the dataset's JSON, or, when only some of its images were
+        added or fields had to be filled in, ``panoptic_gt_subset.json`` written next to the
+        metrics. Raises :class:`DatasetError` when no image was added."""
+        skipped_json = self.out_dir / "skipped.json"
+        if self.skipped:
+            skipped_json.write_text(json.dumps(
+                [{"image_id": i, "file": f, "reason": r} for i, f, r in self.skipped], indent=1))
+        elif skipped_json.is_file():
+            skipped_json.unlink()  # from an earlier evaluation into the same folder
+        if not self.annotations:
+            first = f" (first: {self.skipped[0][2]})" if self.skipped else ""
+            raise DatasetError(f"{self.dataset.panoptic_json}: no image to score: "
+                               f"{len(self.skipped)} could not be read{first}")
+        gt, differs = self._ground_truth()
         ids = {a["image_id"] for a in self.annotations}
         gt_json = Path(self.dataset.panoptic_json)
-        if ids != {a["image_id"] for a in gt["annotations"]}:  # a subset: its own GT file
-            gt_sub = dict(gt, images=[i for i in gt["images"] if i["id"] in ids],
-                          annotations=[a for a in gt["annotations"] if a["image_id"] in ids])
+        if differs:  # a subset or filled-in fields: its own GT file
             gt_json = self.out_dir / "panoptic_gt_subset.json"
-            gt_json.write_text(json.dumps(gt_sub))
+            gt_json.write_text(json.dumps(gt))
         pred_json = self.out_dir / "panoptic_pred.json"
         pred_json.write_text(json.dumps({"annotations": self.annotations,
                                          "categories": self.dataset.categories.to_coco()}))
@@ -249,17 +353,32 @@ def format_metrics(metrics: dict, categories: Optional[CategoryMap] = None,
 
 def evaluate(model, dataset, out_dir, infer=None, test_size: int = 800,
              max_size: Optional[int] = 1333, device: str = "cpu", max_images: Optional[int] = None,
-             instances_json=None, progress: bool = True) -> dict:
+             instances_json=None, progress: bool = True,
+             on_skip: Optional[Callable[[object, str, str], None]] = None) -> dict:
     """Predict every image of ``dataset`` (or the first ``max_images``), merge with the
     ``infer`` thresholds, and score with panopticapi and pycocotools; writes predictions and
-    ``metrics.json`` into ``out_dir`` and returns the metrics."""
+    ``metrics.json`` into ``out_dir`` and returns the metrics.
+
+    An item whose image or panoptic PNG cannot be read, whose sizes differ, or whose PNG ids do
+    not match its ``segments_info`` is left out with a :class:`SkippedItemWarning`, and the
+    metrics cover the others; the left-out items are listed in ``out_dir/skipped.json`` and
+    passed to ``on_skip(image_id, file, reason)`` as they are met (``metrics.json`` and the
+    returned dict keep their documented shape). Raises :class:`DatasetError` when no item can
+    be read."""
     from spatialflow.config import InferConfig
     from spatialflow.engine.predict import predict_dataset
 
     infer = infer or InferConfig()
     evaluator = PanopticEvaluator(dataset, out_dir, instances_json)
+
+    def skip(idx, error):
+        evaluator.skip(dataset.annotation(idx), error)
+        if on_skip is not None:
+            on_skip(*evaluator.skipped[-1])
+
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     for _, rec, out, pan, segments in predict_dataset(model, dataset, infer, test_size, max_size,
-                                                      device, range(n), progress):
+                                                      device, range(n), progress,
+                                                      on_error=skip, check=evaluator.check):
         evaluator.add(rec, out, pan, segments)
     return evaluator.compute()

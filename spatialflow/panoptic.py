@@ -18,7 +18,7 @@ overlap 0.25 and stuff area 2048 (see the presets).
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Mapping, Tuple
 
 import numpy as np
 import torch
@@ -27,8 +27,104 @@ from spatialflow.data.categories import CategoryMap
 from spatialflow.data.panoptic_io import attach_stats
 
 
-def _as_tensor(x) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+def _as_tensor(x, name: str = "input") -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    try:
+        t = torch.as_tensor(np.asarray(x))
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{name}: not a numeric array ({e})") from None
+    return t
+
+
+def _as_number(name: str, value) -> float:
+    try:
+        if isinstance(value, (str, bytes)):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
+def _check_inputs(boxes, scores, labels, masks, sem, categories: CategoryMap,
+                  thresholds: dict) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Validate :func:`merge`'s arguments (O(K) plus one min/max over a 2-D ``sem``); returns
+    ``(boxes [K,4], masks [M,H,W])`` with an empty ``boxes``/``masks`` given any shape
+    normalised."""
+    for name in ("mask_conf", "overlap", "box_fill", "mask_threshold"):
+        if not 0.0 <= _as_number(name, thresholds[name]) <= 1.0:  # False for NaN too
+            raise ValueError(f"{name} must be in [0, 1], got {thresholds[name]!r}")
+    if not _as_number("stuff_area", thresholds["stuff_area"]) >= 0:
+        raise ValueError(f"stuff_area must be >= 0 (pixels), got {thresholds['stuff_area']!r}")
+    if boxes.numel() == 0 and boxes.dim() < 2:
+        boxes = boxes.reshape(0, 4)
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must be [K,4] (xyxy), got shape {list(boxes.shape)}")
+    k = boxes.shape[0]
+    for name, t in (("scores", scores), ("labels", labels)):
+        if t.dim() != 1 or t.shape[0] != k:
+            raise ValueError(f"{name} must be [K] with K = {k} (the number of boxes), got "
+                             f"shape {list(t.shape)}")
+    for name, t in (("boxes", boxes), ("scores", scores), ("labels", labels)):
+        if t.dtype == torch.bool or t.is_complex():
+            raise ValueError(f"{name}: expected real numbers, got dtype {t.dtype}")
+    if k:
+        if not bool(torch.isfinite(scores).all()):
+            bad = int((~torch.isfinite(scores)).nonzero()[0])
+            raise ValueError(f"scores: detection {bad} has the non-finite score "
+                             f"{float(scores[bad])} (the model's output is broken)")
+        if not bool(torch.isfinite(boxes).all()):
+            bad = int((~torch.isfinite(boxes)).any(1).nonzero()[0])
+            raise ValueError(f"boxes: detection {bad} has non-finite coordinates "
+                             f"{boxes[bad].tolist()}")
+        if labels.is_floating_point() and not bool((labels == labels.round()).all()
+                                                   and torch.isfinite(labels).all()):
+            raise ValueError(f"labels must be integer thing ids, got {labels.tolist()[:10]}")
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= categories.num_things:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"labels: thing label {bad} is outside 0..{categories.num_things - 1}: the data "
+                f"set has {categories.num_things} thing classes (was the model trained on "
+                f"other categories?)")
+    if masks.numel() == 0 and masks.dim() < 3:
+        masks = masks.reshape(0, 0, 0)
+    if masks.dim() == 4:
+        if masks.shape[1] != 1:
+            raise ValueError(f"masks must be [M,H,W] or [M,1,H,W], got shape "
+                             f"{list(masks.shape)}")
+        masks = masks[:, 0]
+    if masks.dim() != 3:
+        raise ValueError(f"masks must be [M,H,W] or [M,1,H,W], got shape {list(masks.shape)}")
+    if masks.shape[0] > k:
+        raise ValueError(f"masks: {masks.shape[0]} masks for {k} detections (at most one mask "
+                         f"per box)")
+    if sem.dim() not in (2, 3):
+        raise ValueError(f"sem must be a [H,W] stuff map or [S+1,H,W] stuff scores, got shape "
+                         f"{list(sem.shape)}")
+    if sem.dim() == 3 and sem.shape[0] != categories.num_sem_classes:
+        raise ValueError(f"sem: {sem.shape[0]} stuff score channels, the data set has "
+                         f"{categories.num_stuff} stuff classes + 'other' = "
+                         f"{categories.num_sem_classes}")
+    if sem.dtype == torch.bool or sem.is_complex():
+        raise ValueError(f"sem: expected real numbers, got dtype {sem.dtype}")
+    if masks.shape[0] and tuple(masks.shape[-2:]) != tuple(sem.shape[-2:]):
+        raise ValueError(f"masks are {tuple(masks.shape[-2:])}, the stuff map is "
+                         f"{tuple(sem.shape[-2:])}: masks and sem must have the same H,W")
+    if sem.dim() == 2 and sem.numel():
+        lo, hi = torch.aminmax(sem)
+        if sem.is_floating_point():
+            if not bool(torch.isfinite(lo) & torch.isfinite(hi)):  # a NaN propagates to both
+                raise ValueError("sem: the stuff map holds non-finite values")
+            if not bool((sem == sem.round()).all()):
+                raise ValueError("sem: a 2-D stuff map must hold integer class indices")
+        lo, hi = int(lo), int(hi)
+        if lo < 0 or hi > categories.num_stuff:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"sem: stuff map value {bad} is outside 0..{categories.num_stuff} (the data set "
+                f"has {categories.num_stuff} stuff classes, {categories.num_stuff} = 'other')")
+    return boxes, masks
 
 
 def stuff_map(scores: torch.Tensor) -> torch.Tensor:
@@ -57,16 +153,33 @@ def merge(boxes, scores, labels, masks, sem, categories: CategoryMap, *,
         ``(pan int32[H,W], segments_info)``: segment ids ``1..n`` (0 = unassigned), and for each
         segment ``{id, category_id (dataset id), isthing, area, bbox [x,y,w,h], iscrowd: 0}``
         plus ``score`` for things. Areas and boxes are those of the returned map.
+
+    Raises:
+        ValueError: invalid input, with a message naming the argument and the fault:
+            ``boxes`` not ``[K,4]`` (an empty array of any shape counts as ``[0,4]``);
+            ``scores`` or ``labels`` not ``[K]``; non-finite (NaN / Inf) ``scores`` or
+            ``boxes`` (a model that outputs them is broken); ``labels`` not integers or outside
+            ``0..num_things-1`` (a model trained on other categories); ``masks`` not
+            ``[M,H,W]`` / ``[M,1,H,W]``, or ``M > K``, or their ``H,W`` not those of ``sem``;
+            ``sem`` not 2-D or 3-D, a 3-D ``sem`` without ``S+1`` channels, a 2-D ``sem``
+            with values outside ``0..S`` (negative, or the ignore value 255) or, if floating
+            point, not whole finite numbers; ``mask_conf``, ``overlap``, ``box_fill`` or
+            ``mask_threshold`` outside ``[0, 1]``, ``stuff_area < 0``; a detection scoring
+            ``mask_conf`` or more without a mask; an argument that is not a numeric array.
+            The checks cost ``O(K)`` and one min/max over an integer 2-D ``sem``; mask and
+            stuff score values are not checked (a NaN mask probability is never
+            ``>= mask_threshold``). Boxes may reach outside the image: they are clipped.
     """
-    boxes, scores, labels = (_as_tensor(boxes).float().cpu(), _as_tensor(scores).float().cpu(),
-                             _as_tensor(labels).long().cpu())
-    masks, sem = _as_tensor(masks).cpu(), _as_tensor(sem).cpu()
-    if masks.dim() == 4:
-        masks = masks[:, 0]
+    boxes, scores, labels = (_as_tensor(boxes, "boxes"), _as_tensor(scores, "scores"),
+                             _as_tensor(labels, "labels"))
+    masks, sem = _as_tensor(masks, "masks"), _as_tensor(sem, "sem")
+    boxes, masks = _check_inputs(boxes, scores, labels, masks, sem, categories, dict(
+        mask_conf=mask_conf, overlap=overlap, box_fill=box_fill, mask_threshold=mask_threshold,
+        stuff_area=stuff_area))
+    boxes, scores, labels = boxes.float().cpu(), scores.float().cpu(), labels.long().cpu()
+    masks, sem = masks.cpu(), sem.cpu()
     sem_map = stuff_map(sem) if sem.dim() == 3 else sem.long()
     h, w = sem_map.shape
-    if masks.shape[0] and tuple(masks.shape[-2:]) != (h, w):
-        raise ValueError(f"masks are {tuple(masks.shape[-2:])}, the stuff map is {(h, w)}")
     pan = torch.zeros((h, w), dtype=torch.int32)
     segments: List[dict] = []
 
@@ -115,6 +228,8 @@ def merge(boxes, scores, labels, masks, sem, categories: CategoryMap, *,
         pan[region] = new_segment(categories.stuff_id(c))
 
     if box_fill_enabled:  # 3. fill free pixels inside the detected boxes
+        # clamped first: a far-away coordinate (1e30) would overflow the conversion to long
+        boxes = boxes.clamp(-1.0, float(max(h, w)) + 1.0)
         for k in order:
             x0, y0, x1, y1 = boxes[k].round().long().tolist()
             x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
@@ -135,7 +250,21 @@ def merge(boxes, scores, labels, masks, sem, categories: CategoryMap, *,
 
 def merge_outputs(output: dict, categories: CategoryMap, **thresholds):
     """:func:`merge` of one image's model output dict (``boxes``, ``scores``, ``labels``,
-    ``masks``, and ``sem_seg``, or ``sem_probs`` ``[S+1,H,W]``)."""
+    ``masks``, and ``sem_seg``, or ``sem_probs`` ``[S+1,H,W]``).
+
+    Raises:
+        ValueError: ``output`` is not a dict or lacks one of these keys (the message names
+            it), or any error of :func:`merge`.
+    """
+    if not isinstance(output, Mapping):
+        raise ValueError(f"output must be a dict of the model's raw outputs, got "
+                         f"{type(output).__name__}")
+    missing = [k for k in ("boxes", "scores", "labels", "masks") if k not in output]
+    if "sem_seg" not in output and "sem_probs" not in output:
+        missing.append("sem_seg (or sem_probs)")
+    if missing:
+        raise ValueError(f"output: missing key(s) {', '.join(missing)} (has "
+                         f"{sorted(map(str, output))})")
     sem = output["sem_seg"] if "sem_seg" in output else output["sem_probs"]
     return merge(output["boxes"], output["scores"], output["labels"], output["masks"], sem,
                  categories, **thresholds)

@@ -83,3 +83,37 @@ def write_tiny_dataset(root: Path, n: int = 3, image_ext: str = ".jpg"):
 @pytest.fixture
 def tiny_dataset(tmp_path):
     return write_tiny_dataset(tmp_path)
+
+
+# --- short training runs (tests/test_train.py, tests/test_faults.py) -------------------------
+#: overrides of tiny-cpu for runs of a few iterations on 8 synthetic images of 128 px
+FAST = ["data.synthetic.num_train=8", "data.synthetic.num_val=2", "data.synthetic.size=128",
+        "data.min_size=[128]", "data.max_size=128", "data.test_size=128", "data.num_workers=0",
+        "train.batch_size=2", "train.base_batch_size=2", "train.log_every=5",
+        "train.warmup_iters=5", "train.checkpoint_every=1000"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """8 train + 2 val synthetic images of 128 px (one set per test module)."""
+    from spatialflow.data.synthetic import make_synthetic
+
+    root = tmp_path_factory.mktemp("data")
+    make_synthetic(root, 8, 2, 128, 0, workers=1, progress=False)
+    return root
+
+
+def fast(data_root, *extra):
+    """The tiny-cpu config with :data:`FAST` on ``data_root``, then ``extra`` overrides."""
+    from spatialflow.config import load_config
+
+    return load_config("tiny-cpu", FAST + [f"data.root={data_root}", *extra])
+
+
+def free_port() -> int:
+    """A free TCP port on localhost (for torchrun's rendezvous)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -14,27 +14,11 @@ import torch
 
 import spatialflow.engine.train as train_module
 from spatialflow.cli import main
-from spatialflow.config import load_config
-from spatialflow.data.synthetic import make_synthetic
 from spatialflow.engine.faults import StopSignals, agree, grads_finite, nonfinite_terms
 from spatialflow.engine.train import CHECKPOINT, FINAL, load_checkpoint, save_checkpoint, train
 from spatialflow.errors import TrainingDiverged
+from conftest import FAST, fast, free_port
 
-FAST = ["data.synthetic.num_train=8", "data.synthetic.num_val=2", "data.synthetic.size=128",
-        "data.min_size=[128]", "data.max_size=128", "data.test_size=128", "data.num_workers=0",
-        "train.batch_size=2", "train.base_batch_size=2", "train.log_every=5",
-        "train.warmup_iters=5", "train.checkpoint_every=1000"]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_synthetic(root, 8, 2, 128, 0, workers=1, progress=False)
-    return root
-
-
-def fast(data_root, *extra):
-    return load_config("tiny-cpu", FAST + [f"data.root={data_root}", *extra])
 
 
 def records(run):
@@ -74,9 +58,13 @@ def poison(monkeypatch, steps, kind="loss"):
 def test_nonfinite_steps_are_skipped_and_the_run_goes_on(data_root, tmp_path, monkeypatch, kind):
     seen = poison(monkeypatch, {2, 3}, kind)
     run = tmp_path / "run"
-    with pytest.warns(RuntimeWarning, match="iteration 2: non-finite"):
+    with pytest.warns(RuntimeWarning) as caught:
         train(fast(data_root, "train.max_iters=6", "train.max_bad_steps=2"), run,
               progress=False, evaluate_at_end=False)
+    term = "loss_cls" if kind == "loss" else "gradient"
+    assert [str(w.message) for w in caught] == [
+        f"iteration {i}: non-finite {term}; step skipped ({i - 1} so far, "
+        f"train.max_bad_steps=2)" for i in (2, 3)]
     assert len(seen) == 6
     assert not torch.equal(seen[0], seen[1])              # step 1 was taken
     assert torch.equal(seen[1], seen[2]) and torch.equal(seen[1], seen[3])  # 2 and 3 skipped
@@ -87,7 +75,6 @@ def test_nonfinite_steps_are_skipped_and_the_run_goes_on(data_root, tmp_path, mo
     last = load_checkpoint(run / CHECKPOINT)
     assert last["bad_steps"] == 2 and last["scheduler"]["_schedulers"][1]["last_epoch"] == 6
     bad = [r for r in records(run) if "bad_step" in r]
-    term = "loss_cls" if kind == "loss" else "gradient"
     assert [(r["iter"], r["bad_step"], r["bad_steps"]) for r in bad] == [(2, [term], 1),
                                                                         (3, [term], 2)]
 
@@ -240,12 +227,11 @@ def test_distributed_processes_skip_a_bad_step_together(data_root, tmp_path):
         "t.build_model = build\n"
         "from spatialflow.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n")
-    from tests.test_train import _free_port
     sets = FAST + [f"data.root={data_root}", "train.max_iters=3", "train.batch_size=4",
                    "train.base_batch_size=4", "train.log_every=1"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           f"--master_port={_free_port()}", str(script), "train", "--quiet",
+                           f"--master_port={free_port()}", str(script), "train", "--quiet",
                            "--set", *sets, "--out", str(tmp_path / "run")],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

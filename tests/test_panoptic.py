@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spatialflow.data.categories import CategoryMap
-from spatialflow.panoptic import merge, stuff_map
+from spatialflow.panoptic import merge, merge_outputs, stuff_map
 
 from conftest import TINY_CATEGORIES
 
@@ -103,6 +103,14 @@ def test_box_fill_gives_a_skipped_instance_its_own_segment():
     assert len({s["id"] for s in segs}) == len(segs) == 2
 
 
+def test_box_fill_with_far_away_coordinates():
+    """A box reaching far outside the image is clipped to it (no overflow to a wrong box)."""
+    sem = torch.full((H, W), OTHER)
+    for box in ([-1e30, 0, 1e30, 10], [-1e6, 0, 1e6, 10], [-5, 0, W + 5, 10]):
+        pan, segs = run([(torch.zeros(H, W), 0.9, 0, box)], sem, box_fill=0.5)
+        assert [s["bbox"] for s in segs] == [[0, 0, W, 10]], box
+
+
 def test_sem_probabilities_or_labels_and_dataset_ids():
     sem = torch.full((H, W), FLOOR)
     sem[:10] = WALL
@@ -137,23 +145,131 @@ def test_masks_of_the_first_detections_only():
 def test_empty_everything():
     pan, segs = run([], torch.full((H, W), OTHER))
     assert (pan == 0).all() and segs == []
+    pan, segs = merge([], [], [], [], torch.full((H, W), WALL), CM, stuff_area=0)  # plain lists
+    assert (pan == 1).all() and [s["category_id"] for s in segs] == [11]
+
+
+def test_invalid_input_is_a_value_error_naming_argument_and_fault():
+    """The documented errors of ``merge`` (every fault is fuzzed in test_fuzz.py)."""
+    det = [(box_mask(5, 5, 15, 15), 0.9, 0, [5, 5, 15, 15])]
+    cases = [
+        (dict(labels=[5]), r"labels: thing label 5 is outside 0\.\.1: the data set has 2 thing "
+                           r"classes \(was the model trained on other categories\?\)"),
+        (dict(labels=[-1]), r"labels: thing label -1 is outside"),
+        (dict(scores=[float("nan")]), r"scores: detection 0 has the non-finite score nan"),
+        (dict(boxes=[[5, 5, float("inf"), 15]]), r"boxes: detection 0 has non-finite"),
+        (dict(boxes=[[5, 5, 15]]), r"boxes must be \[K,4\].*\[1, 3\]"),
+        (dict(scores=[0.9, 0.8]), r"scores must be \[K\] with K = 1.*\[2\]"),
+        (dict(masks=torch.zeros(2, H, W)), r"masks: 2 masks for 1 detections"),
+        (dict(masks=torch.zeros(1, H, W + 1)),
+         r"masks are \(40, 51\), the stuff map is \(40, 50\)"),
+        (dict(sem=torch.full((H, W), 3)),
+         r"sem: stuff map value 3 is outside 0\.\.2 .*2 = 'other'"),
+        (dict(sem=torch.full((H, W), -1)), r"sem: stuff map value -1 is outside"),
+        (dict(sem=torch.zeros(5, H, W)), r"sem: 5 stuff score channels.*= 3"),
+        (dict(sem=torch.zeros(H)), r"sem must be a \[H,W\] stuff map or \[S\+1,H,W\]"),
+        (dict(mask_conf=1.5), r"mask_conf must be in \[0, 1\], got 1\.5"),
+        (dict(mask_threshold=float("nan")), r"mask_threshold must be in \[0, 1\], got nan"),
+        (dict(stuff_area=-1), r"stuff_area must be >= 0"),
+    ]
+    for change, message in cases:
+        args = dict(boxes=[d[3] for d in det], scores=[d[1] for d in det],
+                    labels=[d[2] for d in det], masks=torch.stack([d[0] for d in det]),
+                    sem=torch.full((H, W), WALL))
+        kw = {k: change.pop(k) for k in list(change) if k not in args}
+        args.update(change)
+        with pytest.raises(ValueError, match=message):
+            merge(args["boxes"], args["scores"], args["labels"], args["masks"], args["sem"], CM,
+                  **kw)
+    with pytest.raises(ValueError, match=r"output: missing key\(s\) masks"):
+        merge_outputs({"boxes": [], "scores": [], "labels": [], "sem_seg": torch.zeros(H, W)}, CM)
 
 
 @st.composite
-def raw_outputs(draw):
+def raw_outputs(draw, min_k=0):
+    """Random valid raw outputs of one image: K detections in any order (NumPy or torch),
+    masks ``[M,1,H,W]`` or ``[M,H,W]`` of the first ``M`` of them (at least all that reach
+    ``mask_conf``), ``sem`` as stuff scores ``[S+1,H,W]`` or a 2-D map of 0..S, and random
+    thresholds; images down to 1x1 and one pixel thin."""
     h, w = draw(st.integers(1, 30)), draw(st.integers(1, 30))
-    k = draw(st.integers(0, 6))
+    k = draw(st.integers(min_k, 6))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    masks = rng.random((k, 1, h, w)).astype(np.float32) * draw(st.floats(0, 2))
     x0 = rng.uniform(-5, w, k); y0 = rng.uniform(-5, h, k)
     boxes = np.stack([x0, y0, x0 + rng.uniform(0, w, k), y0 + rng.uniform(0, h, k)], 1)
+    if k and draw(st.booleans()):                                      # far outside the image
+        boxes[rng.integers(0, k)] *= draw(st.sampled_from([1e6, 1e30, -1e30]))
     scores = rng.random(k).astype(np.float32)
+    if draw(st.booleans()):
+        scores = np.round(scores, 1)                                   # ties
+    if draw(st.booleans()):
+        scores = -np.sort(-scores)                                     # as the model sorts them
     labels = rng.integers(0, CM.num_things, k)
-    sem = rng.random((CM.num_sem_classes, h, w)).astype(np.float32)
-    kw = dict(mask_conf=draw(st.floats(0, 1)), overlap=draw(st.floats(0, 1)),
+    mask_conf = draw(st.floats(0, 1))
+    reach = (torch.from_numpy(scores) >= mask_conf).tolist()         # as merge compares
+    needed = max([i + 1 for i in range(k) if reach[i]], default=0)
+    m = draw(st.integers(needed, k))
+    masks = rng.random((m, 1, h, w)).astype(np.float32) * draw(st.floats(0, 2))
+    if draw(st.booleans()):
+        masks = masks[:, 0]
+    if draw(st.booleans()):
+        sem = rng.random((CM.num_sem_classes, h, w)).astype(np.float32)
+    else:
+        sem = rng.integers(0, CM.num_sem_classes, (h, w))
+        sem = sem.astype(draw(st.sampled_from([np.int64, np.int32, np.uint8, np.float32])))
+    kw = dict(mask_conf=mask_conf, overlap=draw(st.floats(0, 1)),
               stuff_area=draw(st.integers(0, 50)), box_fill=draw(st.floats(0, 1)),
-              box_fill_enabled=draw(st.booleans()))
-    return boxes.reshape(-1, 4), scores, labels, masks, sem, kw
+              box_fill_enabled=draw(st.booleans()),
+              mask_threshold=draw(st.sampled_from([0.0, 0.25, 0.5, 0.9, 1.0])))
+    out = [boxes.reshape(-1, 4), scores, labels, masks, sem]
+    if draw(st.booleans()):
+        out = [torch.from_numpy(np.ascontiguousarray(a)) for a in out]
+    return (*out, kw)
+
+
+def check_merge(raw, pan, segs):
+    """Every property a merge result must have (see :func:`merge`)."""
+    boxes, scores, labels, masks, sem, kw = (np.asarray(a) if not isinstance(a, dict) else a
+                                             for a in raw)
+    sem_map = sem.argmax(0) if sem.ndim == 3 else sem.astype(np.int64)
+    h, w = sem_map.shape
+    assert pan.shape == (h, w) and pan.dtype == np.int32
+    ids = [s["id"] for s in segs]
+    assert ids == list(range(1, len(segs) + 1))                       # 1..n in list order
+    assert set(np.unique(pan).tolist()) - {0} == set(ids)             # one segment per pixel
+    if masks.ndim == 4:
+        masks = masks[:, 0]
+    for s in segs:
+        region = pan == s["id"]
+        ys, xs = np.nonzero(region)
+        assert s["area"] == len(ys) > 0
+        assert s["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+        assert s["category_id"] in CM and s["isthing"] == CM.is_thing(s["category_id"])
+        assert s["iscrowd"] == 0
+        if s["isthing"]:
+            assert s["score"] >= kw["mask_conf"]
+            # its pixels lie in the mask or the box of a detection of its class and score
+            allowed = np.zeros((h, w), bool)
+            for k in range(len(scores)):
+                if (CM.thing_id(int(labels[k])) != s["category_id"]
+                        or float(np.float32(scores[k])) != s["score"]):
+                    continue
+                if k < len(masks):
+                    allowed |= masks[k] >= kw["mask_threshold"]
+                if kw["box_fill_enabled"]:
+                    x0, y0, x1, y1 = (int(v) for v in torch.tensor(boxes[k]).float().round())
+                    allowed[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
+            assert allowed[region].all()
+        else:
+            assert s["area"] >= kw["stuff_area"]
+            assert (sem_map[region] == CM.stuff_index(s["category_id"])).all()
+    stuff = [s["category_id"] for s in segs if not s["isthing"]]
+    assert len(stuff) == len(set(stuff))                              # one segment per stuff class
+    # things are pasted in score order; without box fill every thing precedes the stuff
+    first_stuff = next((i for i, s in enumerate(segs) if not s["isthing"]), len(segs))
+    pasted = [s["score"] for s in segs[:first_stuff]]
+    assert pasted == sorted(pasted, reverse=True)
+    if not kw["box_fill_enabled"]:
+        assert all(not s["isthing"] for s in segs[first_stuff:])
 
 
 @settings(max_examples=150, deadline=None)
@@ -161,18 +277,4 @@ def raw_outputs(draw):
 def test_merge_properties(raw):
     boxes, scores, labels, masks, sem, kw = raw
     pan, segs = merge(boxes, scores, labels, masks, sem, CM, **kw)
-    assert pan.shape == sem.shape[1:]
-    ids = [s["id"] for s in segs]
-    assert len(ids) == len(set(ids)) and 0 not in ids                 # unique, non-VOID
-    assert set(np.unique(pan).tolist()) - {0} == set(ids)             # one segment per pixel
-    for s in segs:
-        ys, xs = np.nonzero(pan == s["id"])
-        assert s["area"] == len(ys) > 0
-        assert s["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
-        assert s["category_id"] in CM and s["isthing"] == CM.is_thing(s["category_id"])
-        if s["isthing"]:
-            assert s["score"] >= kw["mask_conf"]
-        else:
-            assert s["area"] >= kw["stuff_area"]
-    stuff = [s["category_id"] for s in segs if not s["isthing"]]
-    assert len(stuff) == len(set(stuff))                              # one segment per stuff class
+    check_merge(raw, pan, segs)

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -11,25 +10,10 @@ import torch
 
 from spatialflow.cli import main
 from spatialflow.config import config_to_dict, load_config
-from spatialflow.data.synthetic import make_synthetic
 from spatialflow.engine.train import (TrainBatches, load_checkpoint, load_run, lr_scheduler,
                                       train)
+from conftest import FAST, fast, free_port
 
-FAST = ["data.synthetic.num_train=8", "data.synthetic.num_val=2", "data.synthetic.size=128",
-        "data.min_size=[128]", "data.max_size=128", "data.test_size=128", "data.num_workers=0",
-        "train.batch_size=2", "train.base_batch_size=2", "train.log_every=5",
-        "train.warmup_iters=5", "train.checkpoint_every=1000"]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_synthetic(root, 8, 2, 128, 0, workers=1, progress=False)
-    return root
-
-
-def fast(data_root, *extra):
-    return load_config("tiny-cpu", FAST + [f"data.root={data_root}", *extra])
 
 
 def test_optimizers():
@@ -104,12 +88,6 @@ def test_stop_after_seconds_leaves_a_checkpoint_to_resume(data_root, tmp_path):
     assert load_checkpoint(tmp_path / "timed" / "model_final.pt")["iteration"] == 12
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one(data_root, tmp_path):
     """torchrun with 2 CPU processes (gloo) trains to the weights of 1 process on the same
     global batch. With SGD: the averaged gradients agree to float rounding, which an update
@@ -123,7 +101,7 @@ def test_two_processes_match_one(data_root, tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          f"--master_port={_free_port()}", *base, "--out", str(tmp_path / "two")],
+                          f"--master_port={free_port()}", *base, "--out", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     a = load_checkpoint(tmp_path / "one" / "model_final.pt")["model"]

@@ -12,7 +12,7 @@ from spatialflow.data.categories import CategoryMap
 from spatialflow.data.coco_panoptic import panoptic_to_target
 from spatialflow.data.transforms import (Compose, RandomCrop, RandomHorizontalFlip, RandomScale,
                                          ResizeShortestEdge, boxes_from_masks, build_transforms,
-                                         shortest_edge_size)
+                                         check_target, shortest_edge_size)
 from conftest import TINY_CATEGORIES, tiny_scene
 
 CM = CategoryMap.from_coco(TINY_CATEGORIES)
@@ -161,3 +161,33 @@ def test_build_transforms_follows_config():
     assert kinds == ["ResizeShortestEdge", "RandomScale", "RandomCrop", "RandomHorizontalFlip"]
     assert [type(x).__name__ for x in build_transforms(flip=False).transforms] == [
         "ResizeShortestEdge"]
+
+
+def test_compose_checks_its_input_up_front():
+    """A malformed sample is a ValueError naming the field before any transform runs (every
+    fault is fuzzed in test_fuzz.py)."""
+    image, target = scene_sample(*tiny_scene())              # 40 x 48, 3 instances
+    check_target(image, target)
+    pipeline = Compose([RandomCrop(16), RandomHorizontalFlip(1.0)])
+    cases = [
+        (image, dict(target, masks=target["masks"][:, 1:]),
+         r"target\['masks'\] is \[3, 39, 48\], expected \[N, 40, 48\]"),
+        (image, dict(target, crowd_masks=target["crowd_masks"][..., :-1]),
+         r"target\['crowd_masks'\] is \[1, 40, 47\]"),
+        (image, dict(target, sem_seg=target["sem_seg"].T), r"target\['sem_seg'\] is \[48, 40\]"),
+        (image, dict(target, labels=target["labels"][:2]),
+         r"target\['labels'\] is \[2\], expected \[3\] \(one per mask"),
+        (image, dict(target, segment_ids=target["segment_ids"][None]),
+         r"target\['segment_ids'\] is \[1, 3\]"),
+        (image, {k: v for k, v in target.items() if k != "masks"},
+         r"target\['masks'\] is missing"),
+        (image[:1], target, r"image must be \[3,H,W\].*\[1, 40, 48\]"),
+        ((image * 255).to(torch.uint8), target, r"image must be floating point.*uint8"),
+        (image.numpy(), target, r"image must be a torch.Tensor"),
+        (image, dict(target, size=torch.tensor([48, 40])), r"target\['size'\] is \[48, 40\]"),
+    ]
+    for im, t, message in cases:
+        with pytest.raises(ValueError, match=message):
+            pipeline(im, t)
+    with pytest.raises(ValueError, match="min <= max"):
+        ResizeShortestEdge((30, 20), sample="range")

@@ -15,7 +15,7 @@ from spatialflow.data.categories import CategoryMap
 from spatialflow.engine.train import load_checkpoint, load_run, load_weights, save_checkpoint
 from spatialflow.errors import InputError
 from spatialflow.model import build_model
-from tests.conftest import TINY_CATEGORIES
+from conftest import TINY_CATEGORIES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,8 +72,12 @@ def test_truncated_and_foreign_checkpoints(tmp_path, tiny_checkpoint):
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(InputError, match=r"other.pt: not a SpatialFlow checkpoint"):
         load_run(other)
-    with pytest.raises(InputError, match="checkpoint not found"):
+    with pytest.raises(InputError, match="no_such_run: no such run folder or checkpoint"):
         load_run(tmp_path / "no_such_run")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty: not a trained run: no model_final.pt or "
+                                         r"checkpoint_last.pt in that folder"):
+        load_run(tmp_path / "empty")
 
 
 def test_a_checkpoint_of_another_preset_names_the_mismatch(tmp_path, tiny_checkpoint):

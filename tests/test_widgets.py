@@ -11,6 +11,7 @@ from PIL import Image
 from spatialflow.config import InferConfig
 from spatialflow.data.categories import CategoryMap
 from spatialflow.data.coco_panoptic import CocoPanopticDataset
+from spatialflow.errors import InputError
 from spatialflow.evaluation import image_pq
 from spatialflow.render import segment_colors
 from viz.widgets import (CAPTION_HEIGHT, PanopticExplorer, legend_items, png_bytes,
@@ -232,6 +233,8 @@ def test_split_selector(ds, tmp_path):
     assert ex.dataset is other
     ex2 = PanopticExplorer(tmp_path)                           # a data folder: its splits
     assert list(ex2.split.options) == ["train"]
+    with pytest.raises(InputError, match=r"split\(s\) \['test'\] not among .*'val', 'train'"):
+        PanopticExplorer({"val": ds, "train": other}, splits=["val", "test"])
 
 
 def test_pure_helpers():
@@ -289,3 +292,159 @@ def test_with_a_real_tiny_model_and_from_run(ds, tmp_path):
     assert [p["name"] for p in ex.state()["panels"]] == ["ground truth"]
     with pytest.raises(ValueError, match="no data given"):
         PanopticExplorer.open(None)
+
+
+# --- bad input: unreadable items, models of other categories, folders that are not runs -----
+OTHER_CM = CategoryMap.from_coco(TINY_CATEGORIES[:1] + [dict(TINY_CATEGORIES[1], id=8)]
+                                 + TINY_CATEGORIES[2:])      # things 7, 8 instead of 3, 7
+
+
+@pytest.fixture
+def bad_ds(tmp_path):
+    """Items: 0 fine, 1 a truncated image, 2 a PNG holding an id not in its segments_info,
+    3 fine."""
+    img_dir, js, png_dir = write_tiny_dataset(tmp_path, n=4, image_ext=".png")
+    data = (img_dir / "0001.png").read_bytes()
+    (img_dir / "0001.png").write_bytes(data[: len(data) // 2])
+    pan, _ = tiny_scene(crowd=True)
+    pan[pan == 302] = 303
+    from spatialflow.data.panoptic_io import write_panoptic_png
+    write_panoptic_png(png_dir / "0002.png", pan)
+    return CocoPanopticDataset(img_dir, js, png_dir)
+
+
+def shown_error(ex):
+    st = ex.state()
+    assert st["error"] is not None and st["panels"] == [] and ex.error == st["error"]
+    assert ex.image.value == b"" and "cannot be shown" in ex.info.value
+    return ex.info.value
+
+
+def test_unreadable_items_are_reported_and_browsing_goes_on(bad_ds):
+    calls = []
+
+    def predict(image):                                       # a model answering 'nothing'
+        calls.append(1)
+        h, w = image.shape[:2]
+        return {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
+                "labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 1, h, w),
+                "sem_seg": torch.full((h, w), CM.other_index)}
+
+    for model in (None, predict):
+        ex = PanopticExplorer(bad_ds, model, infer=LOOSE)
+        assert ex.state()["error"] is None
+        ex.index.value = 1                                    # truncated image: no exception
+        info = shown_error(ex)
+        assert "0001.png" in info and "cannot decode image" in info and "DatasetError" in info
+        ex.index.value = 2                                    # PNG ids != segments_info
+        info = shown_error(ex)
+        assert "0002.png" in info and "[303] are not in segments_info" in info
+        ex.index.value = 3                                    # the next item is shown again
+        st = ex.state()
+        assert st["error"] is None and st["index"] == 3 and ex.error is None
+        assert st["image_id"] == 4 and bytes(ex.image.value)[:4] == b"\x89PNG"
+        assert "cannot be shown" not in ex.info.value and "floor" in ex.info.value
+        ex.index.value = 1                                    # and the bad one again
+        assert "cannot decode image" in shown_error(ex)
+        ex.mask_conf.value = 0.5                              # sliders on a bad item: no crash
+        assert "cannot decode image" in shown_error(ex)
+        ex.index.value = 0
+        assert ex.state()["error"] is None
+    assert len(calls) == 2                                    # only the readable images ran
+
+
+def test_a_bad_first_item_does_not_stop_the_explorer(bad_ds):
+    ex = PanopticExplorer(None, splits={"val": bad_ds})
+    ex.index.value = 1
+    assert "0001.png" in shown_error(ex)
+    # a new explorer on the bad item: constructed, showing the fault
+    ex2 = PanopticExplorer(bad_ds)
+    ex2.index.value = 2
+    ex2.split.value = "data"                                  # no-op: one split
+    assert "0002.png" in shown_error(ex2)
+
+
+def test_a_model_answering_labels_of_other_categories_is_reported(ds):
+    def predict(image):                                       # thing label 5: not in 0..1
+        h, w = image.shape[:2]
+        masks = torch.zeros(1, 1, h, w)
+        masks[..., 2:8, 2:8] = 1.0
+        return {"boxes": torch.tensor([[2.0, 2, 8, 8]]), "scores": torch.tensor([0.9]),
+                "labels": torch.tensor([5]), "masks": masks,
+                "sem_seg": torch.full((h, w), CM.other_index)}
+
+    ex = PanopticExplorer(ds, predict, infer=LOOSE, names=("odd",))
+    info = shown_error(ex)
+    assert "0000.png" in info and "model &#x27;odd&#x27;" in info
+    assert "thing label 5 is outside 0..1" in info and "2 thing classes" in info
+    ex.index.value = 1                                        # every image: reported, no crash
+    assert "0001.png" in shown_error(ex) and ex.state()["index"] == 1
+
+
+class FakeModel(torch.nn.Module):
+    """A module with a SpatialFlow's class counts (never run: refused before)."""
+
+    def __init__(self, num_things, num_sem_classes):
+        super().__init__()
+        self.num_things, self.num_sem_classes = num_things, num_sem_classes
+
+
+def test_a_model_of_other_categories_is_refused(ds):
+    with pytest.raises(InputError, match=r"2 thing classes, 2 stuff.*model 'A'.*3 thing classes"):
+        PanopticExplorer(ds, FakeModel(3, 3))
+    with pytest.raises(InputError, match=r"model 'without'.*2 thing classes and 4 stuff"):
+        PanopticExplorer(ds, FakeModel(2, 3), model_b=FakeModel(2, 5),
+                         names=("with", "without"))              # A/B: B is checked too
+    with pytest.raises(InputError, match=r"model 'A', which has 1 thing classes"):
+        PanopticExplorer(ds, model_b=FakeModel(1, 3))            # model_b alone
+    # with the categories it was trained on, the dataset ids are compared
+    with pytest.raises(InputError, match=r"panoptic_train.json: its categories \(things "
+                                         r"\[3, 7\], stuff \[11, 20\]\) are not those model "
+                                         r"'A' was trained on \(things \[7, 8\], stuff "
+                                         r"\[11, 20\]\)"):
+        PanopticExplorer(ds, FakeModel(2, 3), model_categories=OTHER_CM)
+    with pytest.raises(InputError, match=r"model 'B' was trained on \(things \[7, 8\]"):
+        PanopticExplorer(ds, FakeModel(2, 3), model_b=FakeModel(2, 3), model_categories=CM,
+                         model_b_categories=OTHER_CM)
+    with pytest.raises(ValueError):                           # InputError is a ValueError
+        PanopticExplorer(ds, FakeModel(3, 3))
+
+
+def test_from_run_refuses_other_categories_and_folders_that_are_not_runs(ds, tmp_path):
+    from spatialflow.config import config_to_dict, load_config
+    from spatialflow.engine.train import FINAL, save_checkpoint
+    from spatialflow.model.spatialflow import build_model
+
+    cfg = load_config("tiny-cpu", ["model.fpn_channels=16", "model.stuff_head_channels=8",
+                                   "data.test_size=64", "data.max_size=96"])
+    runs = {}
+    for name, cats in (("same", CM), ("other", OTHER_CM)):
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        save_checkpoint(runs[name] / FINAL, {"model": build_model(cfg, cats).state_dict(),
+                                             "config": config_to_dict(cfg),
+                                             "categories": cats.to_coco()})
+    data = ds.image_dir.parent
+    with pytest.raises(InputError, match=r"things \[3, 7\].*not those model 'other' was "
+                                         r"trained on \(things \[7, 8\]"):
+        PanopticExplorer.from_run(runs["other"], data=data, splits=["train"])
+    with pytest.raises(InputError, match=r"model 'other' was trained on \(things \[7, 8\]"):
+        PanopticExplorer.from_run(runs["same"], data=data, run_b=runs["other"],
+                                  splits=["train"])
+    with pytest.raises(InputError, match=r"model 'other'"):
+        PanopticExplorer.open(runs["other"], data=data, splits=["train"])
+    # folders that are not runs
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match=r"empty: not a trained run: no model_final.pt"):
+        PanopticExplorer.from_run(empty, data=data)
+    with pytest.raises(InputError, match=r"missing: no such run folder or checkpoint"):
+        PanopticExplorer.from_run(tmp_path / "missing", data=data)
+    with pytest.raises(InputError, match=r"empty: not a trained run"):
+        PanopticExplorer.from_run(runs["same"], data=data, run_b=empty)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "checkpoint_last.pt").write_bytes(b"not a checkpoint")
+    for open_ in (PanopticExplorer.from_run, PanopticExplorer.open):
+        with pytest.raises(InputError, match=r"checkpoint_last.pt: not a readable checkpoint"):
+            open_(broken, data=data)

@@ -30,7 +30,8 @@ from PIL import Image, ImageDraw
 
 from spatialflow.config import InferConfig
 from spatialflow.data.categories import CategoryMap
-from spatialflow.errors import DatasetError
+from spatialflow.data.coco_panoptic import check_segment_ids
+from spatialflow.errors import DatasetError, InputError
 from spatialflow.evaluation import image_pq
 from spatialflow.panoptic import merge_outputs
 from spatialflow.render import panoptic_overlay, segment_colors, side_by_side
@@ -204,6 +205,10 @@ def resolve_splits(dataset, splits=None) -> "OrderedDict[str, object]":
     elif isinstance(dataset, Mapping):
         named = OrderedDict(dataset)
         if splits is not None:
+            unknown = [s for s in splits if s not in named]
+            if unknown:
+                raise InputError(f"split(s) {unknown} not among the data sets given "
+                                 f"({list(named)})")
             named = OrderedDict((s, named[s]) for s in splits)
     elif isinstance(dataset, (str, Path)):
         root = Path(dataset)
@@ -244,6 +249,37 @@ class _LRU:
         self.data.clear()
 
 
+# --- checks ------------------------------------------------------------------------------------
+def check_model_categories(data_categories: CategoryMap, model, model_categories:
+                           Optional[CategoryMap] = None, data_name: str = "the data set",
+                           model_name: str = "the model") -> None:
+    """Refuse a model trained on other categories than the data set's.
+
+    With ``model_categories`` (the :class:`CategoryMap` the model was trained on, as
+    :func:`~spatialflow.engine.train.load_run` returns it) the dataset ids of things and
+    stuff must be equal, as ``spatialflow evaluate`` requires; else a ``torch.nn.Module`` with
+    ``num_things`` / ``num_sem_classes`` must have the data set's numbers of thing classes and
+    stuff classes + 'other'. A predict function is not checked here (its labels are checked
+    by the merge). Raises :class:`~spatialflow.errors.InputError` naming both category sets.
+    """
+    if model_categories is not None:
+        data_categories.check_model(model_categories, data_name, model_name)
+        return
+    things, sem = getattr(model, "num_things", None), getattr(model, "num_sem_classes", None)
+    if things is None or sem is None:
+        return
+    if (int(things), int(sem)) != (data_categories.num_things, data_categories.num_sem_classes):
+        raise InputError(
+            f"{data_name}: its categories ({data_categories.describe()}: "
+            f"{data_categories.num_things} thing classes, {data_categories.num_stuff} stuff "
+            f"classes + 'other') do not fit {model_name}, which has {int(things)} thing classes "
+            f"and {int(sem) - 1} stuff classes + 'other'")
+
+
+def _run_name(run) -> str:
+    return (Path(run) if Path(run).is_dir() else Path(run).parent).name
+
+
 # --- the explorer -----------------------------------------------------------------------------
 class PanopticExplorer:
     """Browse a panoptic data set and a model's (or two models') predictions in a notebook.
@@ -263,6 +299,16 @@ class PanopticExplorer:
         names: panel titles of ``model`` and ``model_b``.
         titles: draw the panel titles into the image.
         cache_size: images whose raw outputs / merges are kept.
+        model_categories, model_b_categories: the categories ``model`` / ``model_b`` were
+            trained on (:meth:`from_run` passes them). A model whose categories differ from a
+            data set's is refused with an :class:`~spatialflow.errors.InputError` naming both
+            (:func:`check_model_categories`; without them a ``torch.nn.Module``'s numbers of
+            classes are compared).
+
+    An item that cannot be shown (an unreadable or truncated image or PNG, PNG ids that do not
+    match ``segments_info``, a model output the merge refuses) does not stop the explorer: the
+    fault, naming the file, is shown in ``info`` (and kept in ``error`` and ``state()``), and
+    moving to another item works as before.
 
     Widgets (attributes): ``split`` (Dropdown), ``index`` (IntSlider), ``show_gt``,
     ``show_things``, ``show_stuff``, ``show_boxes``, ``show_labels``, ``show_boundaries``
@@ -275,7 +321,9 @@ class PanopticExplorer:
     def __init__(self, dataset=None, model=None, infer: InferConfig = InferConfig(),
                  test_size: int = 800, max_size: Optional[int] = 1333, model_b=None,
                  splits=None, names: Sequence[str] = ("A", "B"), device: str = "cpu",
-                 titles: bool = True, opacity: float = 0.55, cache_size: int = 64):
+                 titles: bool = True, opacity: float = 0.55, cache_size: int = 64,
+                 model_categories: Optional[CategoryMap] = None,
+                 model_b_categories: Optional[CategoryMap] = None):
         import ipywidgets as W
 
         self.datasets = resolve_splits(dataset, splits)
@@ -283,6 +331,16 @@ class PanopticExplorer:
         first = next(iter(self.datasets.values()))
         if model is None and model_b is not None:
             model, model_b = model_b, None
+            model_categories, model_b_categories = model_b_categories, None
+        for name, m, cats in zip(names, (model, model_b), (model_categories,
+                                                           model_b_categories)):
+            if m is None:
+                continue
+            for split, data in self.datasets.items():
+                source = getattr(data, "panoptic_json", None)
+                check_model_categories(data.categories, m, cats,
+                                       str(source) if source else f"data set '{split}'",
+                                       f"model '{name}'")
         self.models: List[Tuple[str, Predictor]] = []
         for name, m in zip(names, (model, model_b)):
             fn = as_predictor(m, first.categories, infer, test_size, max_size, device)
@@ -354,19 +412,19 @@ class PanopticExplorer:
         settings and test size; ``run_b``: a second run for A/B mode."""
         from spatialflow.engine.train import load_run
 
-        cfg, model, _ = load_run(run, device)
+        cfg, model, categories = load_run(run, device)
         run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
         root = Path(data) if data is not None else (
             Path(cfg.data.root) if cfg.data.root else run_dir / "data")
-        model_b = load_run(run_b, device)[1] if run_b is not None else None
+        model_b, categories_b = (load_run(run_b, device)[1:] if run_b is not None
+                                 else (None, None))
         if names is None:
-            names = (run_dir.name, "B" if run_b is None else
-                     (Path(run_b) if Path(run_b).is_dir() else Path(run_b).parent).name)
+            names = (run_dir.name, "B" if run_b is None else _run_name(run_b))
         kwargs.setdefault("infer", cfg.infer)
         kwargs.setdefault("test_size", cfg.data.test_size)
         kwargs.setdefault("max_size", cfg.data.max_size)
         return cls(root, model, model_b=model_b, splits=splits, names=names, device=device,
-                   **kwargs)
+                   model_categories=categories, model_b_categories=categories_b, **kwargs)
 
     @classmethod
     def open(cls, run=None, data=None, run_b=None, **kwargs) -> "PanopticExplorer":
@@ -407,7 +465,13 @@ class PanopticExplorer:
         return dataclasses.replace(self.infer, **self.thresholds())
 
     def _item(self, split: str, index: int):
-        return self._items.get((split, index), lambda: self.datasets[split].load(index))
+        def make():
+            image, pan, rec = self.datasets[split].load(index)
+            source = f"{rec.get('png_path', 'panoptic PNG')} (image id {rec.get('image_id')})"
+            check_segment_ids(np.unique(pan).tolist(), rec["segments_info"], source)
+            return image, pan, rec
+
+        return self._items.get((split, index), make)
 
     def raw_output(self, slot: int, split: str, index: int) -> dict:
         """Model ``slot``'s raw output on an image (run once, then cached)."""
@@ -422,9 +486,13 @@ class PanopticExplorer:
 
         def make():
             cats = self.datasets[split].categories
-            pan, segments = merge_outputs(self.raw_output(slot, split, index), cats,
-                                          **thresholds)
             _, gt_pan, rec = self._item(split, index)
+            raw = self.raw_output(slot, split, index)
+            try:
+                pan, segments = merge_outputs(raw, cats, **thresholds)
+            except ValueError as e:  # e.g. labels of other categories: name image and model
+                raise InputError(f"{rec.get('image_path', f'{split} #{index}')}: the output of "
+                                 f"model '{self.models[slot][0]}' cannot be merged: {e}") from e
             return pan, segments, image_pq(gt_pan, rec["segments_info"], pan, segments, cats)
 
         return self._merged.get(key, make)
@@ -469,17 +537,32 @@ class PanopticExplorer:
         return "".join(parts)
 
     def refresh(self) -> None:
-        """Recompute the view from the widgets' values and update ``image`` and ``info``;
-        a failure (e.g. an unreadable image) is shown in ``info`` and raised."""
+        """Recompute the view from the widgets' values and update ``image`` and ``info``.
+
+        An item that cannot be shown (an :class:`~spatialflow.errors.InputError`, e.g. a
+        :class:`~spatialflow.errors.DatasetError` for an unreadable image or PNG ids that do
+        not match ``segments_info``) is reported in ``info``, ``error`` and ``state()``, and
+        the image is cleared; the explorer stays usable. Any other failure is shown the same
+        way and raised."""
         try:
             view = self._render()
-        except Exception as e:  # shown in the notebook, then raised for the caller / tests
-            self.error = f"{type(e).__name__}: {e}"
-            self.info.value = f"<pre style='color:#b00'>{html.escape(self.error)}</pre>"
+        except Exception as e:  # shown in the notebook; a bug is raised for the caller / tests
+            self._show_error(e)
+            if isinstance(e, InputError):
+                return
             raise
         self.error, self._view = None, view
         self.image.value = png_bytes(view["view"])
         self.info.value = self._info_html(view)
+
+    def _show_error(self, e: Exception) -> None:
+        split, index = self.split.value, int(self.index.value)
+        self.error = f"{type(e).__name__}: {e}"
+        self._view = {"split": split, "index": index, "error": self.error}
+        self.image.value = b""
+        self.info.value = (f"<div><b>{html.escape(split)}</b> #{index}: cannot be shown</div>"
+                           f"<pre style='color:#b00;white-space:pre-wrap'>"
+                           f"{html.escape(self.error)}</pre>")
 
     def _on_change(self, _change=None) -> None:
         if not self._hold:
@@ -498,15 +581,20 @@ class PanopticExplorer:
         """What is shown, with arrays: ``split``, ``index``, ``image_id``, ``file``, ``image``,
         ``view`` (the array in ``self.image``), ``thresholds`` (``None`` without a model) and
         ``panels``: ``[{name, pan, segments, shown (the visible ones), pq (image_pq result,
-        ``None`` for the ground truth), overlay (the panel without caption)}]``."""
+        ``None`` for the ground truth), overlay (the panel without caption)}]``. When the item
+        cannot be shown: ``{split, index, error}`` only (``error``: the message in ``info``)."""
         return self._view
 
     def state(self) -> dict:
         """:meth:`current` without the arrays (JSON-friendly): per panel its name, segments,
-        visible segment ids and PQ."""
+        visible segment ids and PQ; ``error`` is ``None``, or the message shown when the item
+        cannot be shown (then ``panels`` is empty)."""
         v = self._view
+        if v.get("error"):
+            return {"split": v["split"], "index": v["index"], "error": v["error"],
+                    "panels": []}
         return {"split": v["split"], "index": v["index"], "image_id": v["image_id"],
-                "file": v["file"], "thresholds": v["thresholds"],
+                "file": v["file"], "thresholds": v["thresholds"], "error": None,
                 "shape": list(v["view"].shape),
                 "panels": [{"name": p["name"], "segments": p["segments"],
                             "shown": [s["id"] for s in p["shown"]], "pq": p["pq"]}

@@ -140,6 +140,21 @@ class CategoryMap:
         """``sem_seg`` value of a stuff class -> dataset id."""
         return self.stuff_ids[index]
 
+    def describe(self) -> str:
+        """``things [ids], stuff [ids]`` (dataset ids), for messages."""
+        return f"things {list(self.thing_ids)}, stuff {list(self.stuff_ids)}"
+
+    def check_model(self, trained_on: "CategoryMap", data_name: str = "the data set",
+                    model_name: str = "the model") -> None:
+        """Raise :class:`~spatialflow.errors.InputError` naming both category sets unless a
+        model trained on ``trained_on`` can be run and scored on data of these categories
+        (the same thing and stuff ids)."""
+        from spatialflow.errors import InputError
+
+        if (self.thing_ids, self.stuff_ids) != (trained_on.thing_ids, trained_on.stuff_ids):
+            raise InputError(f"{data_name}: its categories ({self.describe()}) are not those "
+                             f"{model_name} was trained on ({trained_on.describe()})")
+
     def to_coco(self) -> list:
         """The categories as a COCO ``categories`` list (for writing JSON)."""
         return [dict(c) for c in self.categories]

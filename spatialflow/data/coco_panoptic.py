@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,10 +30,25 @@ import torch.nn.functional as F
 from torchvision.models.detection.image_list import ImageList
 
 from spatialflow.data.categories import IGNORE_INDEX, CategoryMap
-from spatialflow.data.panoptic_io import (index_images, load_json, read_image,
-                                          read_panoptic_png, attach_stats)
+from spatialflow.data.panoptic_io import (attach_stats, exif_orientation, index_images,
+                                          load_json, read_image, read_panoptic_png)
 from spatialflow.data.transforms import INSTANCE_FIELDS, boxes_from_masks, pad_to_divisible
 from spatialflow.errors import DatasetError
+
+
+def check_segment_ids(present: Iterable[int], segments: Sequence[dict],
+                      source: str = "panoptic PNG") -> None:
+    """Raise :class:`DatasetError` naming ``source`` when the ids ``present`` in a panoptic PNG
+    (0, VOID, is ignored) and the ids of its ``segments_info`` differ: an id of the PNG that
+    is not listed, or a listed segment without a pixel."""
+    present = {int(i) for i in present} - {0}
+    listed = {int(s["id"]) for s in segments}
+    unknown = sorted(present - listed)
+    if unknown:
+        raise DatasetError(f"{source}: PNG segment id(s) {unknown[:10]} are not in segments_info")
+    empty = sorted(listed - present)
+    if empty:
+        raise DatasetError(f"{source}: segments_info id(s) {empty[:10]} have no pixel in the PNG")
 
 
 def panoptic_to_target(pan: np.ndarray, segments: Sequence[dict], categories: CategoryMap,
@@ -47,13 +62,7 @@ def panoptic_to_target(pan: np.ndarray, segments: Sequence[dict], categories: Ca
     ids, inverse = np.unique(pan, return_inverse=True)
     inverse = inverse.reshape(pan.shape)
     by_id = {int(s["id"]): s for s in segments}
-    present = {int(i) for i in ids} - {0}
-    unknown = sorted(present - by_id.keys())
-    if unknown:
-        raise DatasetError(f"{source}: PNG segment id(s) {unknown[:10]} are not in segments_info")
-    empty = sorted(by_id.keys() - present)
-    if empty:
-        raise DatasetError(f"{source}: segments_info id(s) {empty[:10]} have no pixel in the PNG")
+    check_segment_ids(ids.tolist(), segments, source)
 
     sem_lut = np.full(len(ids), IGNORE_INDEX, np.int64)
     groups = {"": ([], [], []), "crowd_": ([], [], [])}  # inverse index, label, segment id
@@ -118,6 +127,36 @@ def target_to_panoptic(target: dict, categories: CategoryMap,
     return pan, attach_stats(pan, out)
 
 
+def _is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_image_id(value) -> bool:
+    """COCO image ids are integers, Cityscapes' are strings."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _is_file_name(value) -> bool:
+    return isinstance(value, str) and value.strip() != "" and "\x00" not in value
+
+
+def _segment_fault(seg, seen: set, categories: CategoryMap) -> Optional[str]:
+    """What is wrong with one ``segments_info`` entry (``None`` when it is fine)."""
+    if not isinstance(seg, dict) or "id" not in seg or "category_id" not in seg:
+        return "a segment lacks 'id' or 'category_id'"
+    sid, cat = seg["id"], seg["category_id"]
+    if not _is_positive_int(sid) or sid >= 256**3:
+        return (f"segment id {sid!r} is invalid (expected an integer in 1..{256**3 - 1}; "
+                f"0 is VOID)")
+    if isinstance(cat, bool) or not isinstance(cat, int) or cat not in categories:
+        return f"segment id {sid} has category_id {cat!r}, which is not in 'categories'"
+    if sid in seen:
+        return f"segment id {sid} appears twice in segments_info"
+    if seg.get("iscrowd", 0) not in (0, 1):  # True and False compare equal to 1 and 0
+        return f"segment id {sid} has iscrowd={seg['iscrowd']!r}, expected 0 or 1"
+    return None
+
+
 class CocoPanopticDataset(torch.utils.data.Dataset):
     """A COCO panoptic dataset: images, panoptic PNGs and their JSON.
 
@@ -134,8 +173,14 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
             :attr:`skipped`.
         check_files: check at opening that every image and PNG exists.
 
-    JSON-level faults (malformed file, categories without ``isthing``, unknown ``category_id``
-    in the whole file) always raise :class:`DatasetError`.
+    JSON-level faults (malformed file, categories without ``isthing``, ``images`` or
+    ``annotations`` that are not lists, entries of ``images`` without a valid ``id``,
+    ``file_name``, ``height`` or ``width``, duplicate image ids) always raise
+    :class:`DatasetError`. Faults of one image's annotation (invalid or duplicate segment ids,
+    unknown ``category_id``, ``iscrowd`` other than 0/1, a second annotation of the same image,
+    missing files) follow ``on_error``. Whatever the input, opening and reading raise
+    :class:`DatasetError` and no other exception (the reader is fuzzed with random valid and
+    broken data sets in ``tests/test_robust_inputs.py``).
     """
 
     def __init__(self, image_dir, panoptic_json, panoptic_dir,
@@ -151,7 +196,14 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
             if not d.is_dir():
                 raise DatasetError(f"{d}: {what} not found")
         data = load_json(self.panoptic_json, required=("images", "annotations", "categories"))
-        self.categories = CategoryMap.from_coco(data["categories"], source=str(self.panoptic_json))
+        try:
+            self.categories = CategoryMap.from_coco(data["categories"],
+                                                    source=str(self.panoptic_json))
+        except DatasetError:
+            raise
+        except (TypeError, ValueError, KeyError, OverflowError) as e:  # e.g. a colour of text
+            raise DatasetError(f"{self.panoptic_json}: invalid 'categories' "
+                               f"({type(e).__name__}: {e})") from None
         self.records = self._index(data, check_files)
         if not self.records:
             raise DatasetError(f"{self.panoptic_json}: no usable image"
@@ -166,11 +218,29 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
 
     def _index(self, data: dict, check_files: bool) -> list:
         src = str(self.panoptic_json)
+        for key in ("images", "annotations"):
+            if not isinstance(data[key], list):
+                raise DatasetError(f"{src}: '{key}' must be a list, got "
+                                   f"{type(data[key]).__name__}")
         images = {}
         for i, im in enumerate(data["images"]):
             if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
                 raise DatasetError(f"{src}: images[{i}] needs 'id' and 'file_name'")
-            images[im["id"]] = im
+            image_id = im["id"]
+            if not _is_image_id(image_id):
+                raise DatasetError(f"{src}: images[{i}] has invalid id {image_id!r} (expected an "
+                                   f"integer or a string)")
+            if image_id in images:
+                raise DatasetError(f"{src}: image id {image_id} appears twice in 'images'")
+            if not _is_file_name(im["file_name"]):
+                raise DatasetError(f"{src}: image id {image_id} has invalid file_name "
+                                   f"{im['file_name']!r}")
+            for key in ("height", "width"):
+                value = im.get(key)
+                if value is not None and not _is_positive_int(value):
+                    raise DatasetError(f"{src}: image id {image_id} has invalid {key} {value!r} "
+                                       f"(expected a positive integer)")
+            images[image_id] = im
         stem_index = None  # built on first need: stem -> path of every image under image_dir
         records, annotated = [], set()
         for i, ann in enumerate(data["annotations"]):
@@ -179,22 +249,28 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
                 raise DatasetError(f"{src}: annotations[{i}] needs 'image_id', 'file_name' and "
                                    f"'segments_info'")
             image_id = ann["image_id"]
+            if not _is_image_id(image_id):
+                raise DatasetError(f"{src}: annotations[{i}] has invalid image_id {image_id!r} "
+                                   f"(expected an integer or a string)")
             where = f"{src}: image id {image_id}"
             if image_id not in images:
                 self._fault(f"{where}: annotation for an image not in 'images'")
                 continue
+            if image_id in annotated:
+                self._fault(f"{where}: more than one annotation (annotations[{i}] left out)")
+                continue
             annotated.add(image_id)
-            segments, seen = [], set()
             bad = None
-            for seg in ann["segments_info"]:
-                if not isinstance(seg, dict) or "id" not in seg or "category_id" not in seg:
-                    bad = f"{where}: a segment lacks 'id' or 'category_id'"
-                elif seg["category_id"] not in self.categories:
-                    bad = (f"{where}: segment id {seg['id']} has category_id "
-                           f"{seg['category_id']}, which is not in 'categories'")
-                elif seg["id"] in seen:
-                    bad = f"{where}: segment id {seg['id']} appears twice in segments_info"
+            if not _is_file_name(ann["file_name"]):
+                bad = f"{where}: invalid panoptic PNG file_name {ann['file_name']!r}"
+            elif not isinstance(ann["segments_info"], list):
+                bad = (f"{where}: segments_info must be a list, got "
+                       f"{type(ann['segments_info']).__name__}")
+            segments, seen = [], set()
+            for seg in ann["segments_info"] if bad is None else ():
+                bad = _segment_fault(seg, seen, self.categories)
                 if bad:
+                    bad = f"{where}: {bad}"
                     break
                 seen.add(seg["id"])
                 segments.append(seg)
@@ -232,15 +308,26 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
         return self.records[idx]
 
     def load(self, idx: int) -> Tuple[np.ndarray, np.ndarray, dict]:
-        """Raw ``(image uint8[H,W,3], panoptic ids int64[H,W], record)`` of item ``idx``."""
+        """Raw ``(image uint8[H,W,3], panoptic ids int64[H,W], record)`` of item ``idx``.
+
+        The image is read as :func:`~spatialflow.data.panoptic_io.read_image` reads it (EXIF
+        orientation applied), so its panoptic PNG must have the size of the turned image.
+        Raises :class:`DatasetError` naming the file when the image or PNG cannot be read or
+        their sizes differ (from each other or from the JSON's ``height``/``width``)."""
         rec = self.records[idx]
         image = read_image(rec["image_path"])
         pan = read_panoptic_png(rec["png_path"])
         if image.shape[:2] != pan.shape:
+            hint = ""
+            if pan.shape == image.shape[:2][::-1] and exif_orientation(rec["image_path"]) > 4:
+                hint = ("; the image is turned by its EXIF orientation tag, which is applied "
+                        "when reading, but its PNG is not")
             raise DatasetError(f"{rec['png_path']}: size {pan.shape[1]}x{pan.shape[0]} differs "
                                f"from its image {rec['image_path']} "
-                               f"({image.shape[1]}x{image.shape[0]})")
-        if rec["height"] is not None and (rec["height"], rec["width"]) != pan.shape:
+                               f"({image.shape[1]}x{image.shape[0]}; image id "
+                               f"{rec['image_id']}){hint}")
+        if (rec["height"] is not None and rec["width"] is not None
+                and (rec["height"], rec["width"]) != pan.shape):
             raise DatasetError(f"{rec['image_path']}: size {image.shape[1]}x{image.shape[0]} "
                                f"differs from the JSON's {rec['width']}x{rec['height']} "
                                f"(image id {rec['image_id']})")
@@ -349,6 +436,7 @@ def count_skipped(targets: Sequence[dict]) -> int:
     return sum(len(t.get("skipped", ())) for t in targets)
 
 
-__all__ = ["CocoPanopticDataset", "DatasetError", "collate_panoptic", "count_skipped",
+__all__ = ["CocoPanopticDataset", "DatasetError", "check_segment_ids", "collate_panoptic",
+           "count_skipped",
            "batch_images", "pad_target",
            "panoptic_to_target", "target_to_panoptic", "INSTANCE_FIELDS"]

@@ -7,12 +7,16 @@ image, nearest for masks and ``sem_seg``); after every geometric step the boxes 
 from the masks and instances that no longer have a pixel are dropped, so image, boxes, masks
 and ``sem_seg`` always agree. Randomness comes from torch's global generator (seeded per
 DataLoader worker by PyTorch).
+
+:class:`Compose` checks its input with :func:`check_target` first, so a malformed image or
+target fails up front with a ``ValueError`` naming the field (the single transforms assume
+valid input).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torchvision.ops import masks_to_boxes
@@ -32,6 +36,71 @@ def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
     boxes = masks_to_boxes(masks.bool()).to(torch.float32)
     boxes[:, 2:] += 1.0
     return boxes
+
+
+def _shape(t) -> list:
+    return list(t.shape)
+
+
+def check_target(image, target) -> None:
+    """Check that ``image`` and ``target`` fit the transforms' contract; raise ``ValueError``
+    naming the field and the fault otherwise.
+
+    ``image`` must be a floating-point ``Tensor[3,H,W]`` with ``H, W >= 1``; ``target`` a dict
+    whose ``sem_seg`` is an ``[H,W]`` tensor; for each instance group (``""`` and
+    ``"crowd_"``) that has any of its fields, ``masks`` must be an ``[N,H,W]`` tensor,
+    ``labels`` and ``segment_ids`` ``[N]`` and ``boxes`` ``[N,4]`` (those present); ``size``,
+    if present, must be ``[H, W]``. The cost is a few shape comparisons (no pixel is read).
+    """
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"image must be a torch.Tensor [3,H,W], got {type(image).__name__}")
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must be [3,H,W] (RGB, channels first), got shape "
+                         f"{_shape(image)}")
+    if not image.is_floating_point():
+        raise ValueError(f"image must be floating point (values in [0, 1]), got {image.dtype}")
+    h, w = image.shape[-2:]
+    if h < 1 or w < 1:
+        raise ValueError(f"image is empty: shape {_shape(image)}")
+    if not isinstance(target, Mapping):
+        raise ValueError(f"target must be a dict, got {type(target).__name__}")
+    sem = target.get("sem_seg")
+    if not isinstance(sem, torch.Tensor):
+        raise ValueError("target['sem_seg'] is missing or not a tensor")
+    if tuple(sem.shape) != (h, w):
+        raise ValueError(f"target['sem_seg'] is {_shape(sem)}, the image is {h}x{w} "
+                         f"(expected [{h}, {w}])")
+    for prefix in INSTANCE_GROUPS:
+        present = [prefix + f for f in INSTANCE_FIELDS if prefix + f in target]
+        if not present:
+            continue
+        key = prefix + "masks"
+        masks = target.get(key)
+        if not isinstance(masks, torch.Tensor):
+            raise ValueError(f"target['{key}'] is missing or not a tensor, but the target has "
+                             f"{', '.join(present)}")
+        if masks.dim() != 3 or tuple(masks.shape[1:]) != (h, w):
+            raise ValueError(f"target['{key}'] is {_shape(masks)}, expected [N, {h}, {w}] "
+                             f"(the image is {h}x{w})")
+        n = masks.shape[0]
+        for name, tail in (("labels", ()), ("segment_ids", ()), ("boxes", (4,))):
+            key = prefix + name
+            if key not in target:
+                continue
+            t = target[key]
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != (n, *tail):
+                got = _shape(t) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"target['{key}'] is {got}, expected {[n, *tail]} "
+                                 f"(one per mask of target['{prefix}masks'])")
+    size = target.get("size")
+    if size is not None:
+        try:
+            got = [int(v) for v in torch.as_tensor(size).flatten()]
+        except (TypeError, ValueError, RuntimeError):
+            got = size
+        if got != [h, w]:
+            raise ValueError(f"target['size'] is {got!r}, the image is {h}x{w} (expected "
+                             f"[{h}, {w}])")
 
 
 def sanitize(target: dict) -> dict:
@@ -74,7 +143,17 @@ def resize(image: torch.Tensor, target: dict, size: Tuple[int, int]):
 
 def shortest_edge_size(height: int, width: int, short: float, max_size: Optional[int]):
     """Output ``(h, w)`` when the shorter edge goes to ``short`` and the longer one stays
-    ``<= max_size`` (torchvision / detectron2 rule)."""
+    ``<= max_size`` (torchvision / detectron2 rule). Both are at least 1, even for extreme
+    aspect ratios (a 1 x 100000 image with ``max_size`` 1333 gives ``(1, 1333)``).
+
+    Raises ``ValueError`` if ``height``, ``width``, ``short`` or ``max_size`` is not positive.
+    """
+    if not (height >= 1 and width >= 1):
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if not short > 0:
+        raise ValueError(f"short edge must be positive, got {short!r}")
+    if max_size is not None and not max_size >= 1:
+        raise ValueError(f"max_size must be >= 1 or None, got {max_size!r}")
     scale = short / min(height, width)
     if max_size is not None and max(height, width) * scale > max_size:
         scale = max_size / max(height, width)
@@ -88,6 +167,9 @@ class Compose:
         self.transforms = list(transforms)
 
     def __call__(self, image, target):
+        """Apply the transforms; the input is checked first (:func:`check_target`, a
+        ``ValueError`` naming the field when it is malformed)."""
+        check_target(image, target)
         for t in self.transforms:
             image, target = t(image, target)
         return image, target
@@ -110,8 +192,11 @@ class ResizeShortestEdge:
             raise ValueError(f"short_edge must be positive sizes, got {short_edge!r}")
         if sample not in ("choice", "range"):
             raise ValueError(f"sample must be 'choice' or 'range', got {sample!r}")
-        if sample == "range" and len(sizes) != 2:
-            raise ValueError(f"sample='range' needs (min, max), got {short_edge!r}")
+        if sample == "range" and (len(sizes) != 2 or sizes[0] > sizes[1]):
+            raise ValueError(f"sample='range' needs (min, max) with min <= max, got "
+                             f"{short_edge!r}")
+        if max_size is not None and not max_size >= 1:
+            raise ValueError(f"max_size must be >= 1 or None, got {max_size!r}")
         self.sizes, self.max_size, self.sample = sizes, max_size, sample
 
     def __call__(self, image, target):
@@ -207,5 +292,5 @@ def build_transforms(min_size: Sequence[int] = (800,), max_size: Optional[int] =
 __all__ = [
     "Compose", "ResizeShortestEdge", "RandomScale", "RandomCrop", "RandomHorizontalFlip",
     "build_transforms", "boxes_from_masks", "sanitize", "resize", "pad_to_divisible",
-    "shortest_edge_size",
+    "shortest_edge_size", "check_target",
 ]

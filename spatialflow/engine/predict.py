@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -121,7 +121,9 @@ def predict_image(model, image: torch.Tensor, categories, infer: InferConfig = I
                   device: str = "cpu") -> Tuple[dict, "object", list]:
     """:func:`predict_raw` and the panoptic merge with ``infer``'s thresholds: returns
     ``(raw output at the original size, panoptic id map, segments_info)``. The output holds
-    the masks of the detections the merge can use only (score >= ``infer.mask_conf``)."""
+    the masks of the detections the merge can use only (score >= ``infer.mask_conf``).
+    Any image of at least 1 x 1 pixel works, thin ones included: the resize keeps every edge at
+    1 pixel or more and the model pads to its size divisibility (tested on 1x1, 1x300, 300x1)."""
     out = predict_raw(model, image, infer, test_size, max_size, device, infer.mask_conf)
     pan, segments = merge_outputs(out, categories, **merge_kwargs(infer))
     return out, pan, segments
@@ -129,15 +131,38 @@ def predict_image(model, image: torch.Tensor, categories, infer: InferConfig = I
 
 def predict_dataset(model, dataset, infer: InferConfig = InferConfig(), test_size: int = 800,
                     max_size: Optional[int] = 1333, device: str = "cpu",
-                    indices=None, progress: bool = True) -> Iterator[tuple]:
+                    indices=None, progress: bool = True,
+                    on_error: Optional[Callable[[int, Exception], None]] = None,
+                    check: Optional[Callable[[np.ndarray, dict], None]] = None
+                    ) -> Iterator[tuple]:
     """Yield ``(index, record, raw output, pan, segments_info)`` for the items of a
     :class:`~spatialflow.data.CocoPanopticDataset` (read without its transforms), at their
-    original size."""
+    original size.
+
+    Args:
+        on_error: called as ``on_error(index, error)`` for an item whose image or panoptic PNG
+            cannot be read (a :class:`~spatialflow.errors.DatasetError` from ``dataset.load``
+            or from ``check``); the item is then left out and the others go on. Without it,
+            the first such error is raised.
+        check: called as ``check(ground-truth id map, record)`` on each item before it is
+            predicted; raise ``DatasetError`` to refuse the item (e.g. PNG ids that do not
+            match ``segments_info``).
+    """
     from tqdm import tqdm
+
+    from spatialflow.errors import DatasetError
 
     indices = range(len(dataset)) if indices is None else list(indices)
     for idx in tqdm(indices, desc="predict", unit="img", disable=not progress):
-        image, _, rec = dataset.load(idx)
+        try:
+            image, gt_pan, rec = dataset.load(idx)
+            if check is not None:
+                check(gt_pan, rec)
+        except DatasetError as e:
+            if on_error is None:
+                raise
+            on_error(idx, e)
+            continue
         tensor = to_tensor(image)
         out, pan, segments = predict_image(model, tensor, dataset.categories, infer, test_size,
                                            max_size, device)

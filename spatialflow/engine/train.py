@@ -192,7 +192,11 @@ def load_run(path, device: str = "cpu", overrides: Sequence[str] = ()):
     change the :data:`INFERENCE_KEYS` of its config."""
     from spatialflow.data.categories import CategoryMap
 
-    path = find_checkpoint(path) or (Path(path) / CHECKPOINT if Path(path).is_dir() else path)
+    found = find_checkpoint(path)
+    if found is None:
+        raise InputError(f"{path}: not a trained run: no {FINAL} or {CHECKPOINT} in that folder"
+                         if Path(path).is_dir() else f"{path}: no such run folder or checkpoint")
+    path = found
     state = load_checkpoint(path)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise InputError(f"{path}: not a SpatialFlow checkpoint (needs 'model' and 'config')")
