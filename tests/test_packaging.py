@@ -67,3 +67,27 @@ def test_spatialflow_never_imports_viz():
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "spatialflow").rglob("*.py")
                  if re.search(r"^\s*(from|import)\s+viz\b", p.read_text(), re.M)]
     assert offenders == []
+
+
+def test_the_readme_fault_table_names_real_tests():
+    """Every test named in the README's "What we test" table exists (so the table cannot drift
+    from the suite that CI runs)."""
+    import ast
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("### What we test", 1)[1].split("\n## ", 1)[0]
+    named, current = [], None
+    for cell in re.findall(r"`((?:test_\w+\.py)?::?\w+)`", table):
+        if ".py" in cell:
+            current, name = cell.split("::")
+        else:
+            name = cell.lstrip(":")
+        named.append((current, name))
+    assert len(named) >= 40, named
+    defined = {}
+    for path in (ROOT / "tests").glob("test_*.py"):
+        tree = ast.parse(path.read_text())
+        defined[path.name] = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    missing = [f"{f}::{n}" for f, n in named if n not in defined.get(f, ())]
+    assert not missing, missing
