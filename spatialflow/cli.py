@@ -400,6 +400,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def one_line(error: Exception) -> str:
+    """The message of ``error`` on one line: an error re-raised from a DataLoader worker
+    carries the worker's traceback in its message, of which its own last line is kept."""
+    text = str(error)
+    if "\nOriginal Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -408,7 +417,7 @@ def main(argv=None) -> int:
     except InputError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"spatialflow {args.command}: error: {e}", file=sys.stderr)
+        print(f"spatialflow {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:  # SIGINT / SIGTERM, after a checkpoint
         print(f"spatialflow {args.command}: stopped by {e}", file=sys.stderr)

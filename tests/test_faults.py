@@ -240,3 +240,21 @@ def test_distributed_processes_skip_a_bad_step_together(data_root, tmp_path):
         {"iter": 2, "bad_step": ["(in another process)"], "bad_steps": 1}]
     assert [r["iter"] for r in logs if "loss" in r] == [1, 3]
     assert load_checkpoint(tmp_path / "run" / FINAL)["iteration"] == 3
+
+
+def test_an_unreadable_training_image_ends_the_run_with_one_line(data_root, tmp_path):
+    """A DataLoader worker's DatasetError: one line naming the file, exit 2, and the workers
+    (which ignore stop signals) are stopped rather than left to hang the exit."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(data_root, data)
+    bad = sorted((data / "train").iterdir())[3]
+    bad.write_bytes(bad.read_bytes()[:300])
+    sets = FAST + [f"data.root={data}", "train.max_iters=8", "data.num_workers=2"]
+    proc = _spawn(["--set", *sets, "--out", str(tmp_path / "run")])
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"spatialflow train: error: {bad}: cannot decode image"), err[-2000:]

@@ -61,11 +61,17 @@ class StopSignals:
 
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:
-    """``worker_init_fn`` for DataLoader workers: a terminal's Ctrl-C or ``torchrun`` signals
-    the whole process group; the workers leave the decision to the main process (which stops
-    them when it is done) instead of dying under it mid-batch."""
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+    """``worker_init_fn`` for DataLoader workers: a terminal's Ctrl-C or a scheduler's SIGTERM
+    reaches the whole process group, and a worker dying under the main process would end the
+    run mid-iteration; the workers leave the decision to the main process instead. SIGINT is
+    ignored; the first SIGTERM too, while a second one (PyTorch's and multiprocessing's own
+    clean-up of workers that do not stop in time) ends the worker as usual."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _ignore_once)
+
+
+def _ignore_once(signum, frame) -> None:
+    signal.signal(signum, signal.SIG_DFL)
 
 
 def agree(flag: bool, device="cpu") -> bool:

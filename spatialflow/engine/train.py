@@ -378,7 +378,7 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
     loader = torch.utils.data.DataLoader(
         SeededItems(train_ds, t.seed), batch_sampler=batches,
         collate_fn=functools.partial(collate_panoptic, size_divisibility=cfg.data.size_divisibility),
-        num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
+        num_workers=cfg.data.num_workers,
         worker_init_fn=ignore_stop_signals if cfg.data.num_workers > 0 else None)
 
     def checkpoint(it: int) -> None:
@@ -417,9 +417,10 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
     it, tick, skipped = start, time.perf_counter(), 0
     deadline = None if stop_after_s is None else tick + stop_after_s
     signals = StopSignals()
+    batch_iter = iter(loader)  # one pass over an endless sampler
     try:
         with signals:
-            for images, targets in loader:
+            for images, targets in batch_iter:
                 if it >= total:
                     break
                 skipped += sum(len(x.get("skipped", ())) for x in targets)
@@ -488,10 +489,13 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
                     return run
                 if t.eval_every and it % t.eval_every == 0 and it < total:
                     run_eval(it)
-    except BaseException:
+    finally:
         bar.close()
-        raise
-    bar.close()
+        # stop the DataLoader workers now, whatever happened: an error's traceback keeps the
+        # iterator alive, and workers that ignore stop signals must not be left for
+        # multiprocessing's exit handler (as PyTorch Lightning does, with the same method)
+        getattr(batch_iter, "_shutdown_workers", lambda: None)()
+        del batch_iter
     if rank == 0:
         save_checkpoint(run / FINAL, {"model": unwrap(model).state_dict(),
                                       "config": config_to_dict(cfg), "iteration": it,
