@@ -88,15 +88,45 @@ def test_stop_after_seconds_leaves_a_checkpoint_to_resume(data_root, tmp_path):
     assert load_checkpoint(tmp_path / "timed" / "model_final.pt")["iteration"] == 12
 
 
+#: ``spatialflow train`` whose training forward number 2 has a NaN loss in process 1 only (the
+#: single process of a run without torchrun counts as 1)
+POISONED_TRAIN = """\
+import os, sys
+import spatialflow.engine.train as t
+real = t.build_model
+def build(cfg, cats):
+    model = real(cfg, cats)
+    forward, calls = model.forward, []
+    def patched(images, targets=None, **kw):
+        out = forward(images, targets, **kw)
+        if model.training:
+            calls.append(1)
+            if os.environ.get('RANK', '1') == '1' and len(calls) == 2:
+                out = dict(out, loss_cls=out['loss_cls'] * float('nan'))
+        return out
+    model.forward = patched
+    return model
+t.build_model = build
+from spatialflow.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_two_processes_match_one(data_root, tmp_path):
     """torchrun with 2 CPU processes (gloo) trains to the weights of 1 process on the same
     global batch. With SGD: the averaged gradients agree to float rounding, which an update
     proportional to the gradient keeps small; Adam's g / sqrt(v) step would blow the rounding
-    up for parameters whose gradient is about 0."""
+    up for parameters whose gradient is about 0.
+
+    Step 2 has a NaN loss in process 1 only: both processes skip it together (else one would
+    wait forever in the gradient all-reduce), as the single process skips it."""
+    script = tmp_path / "poisoned_train.py"
+    script.write_text(POISONED_TRAIN)
     sets = FAST + [f"data.root={data_root}", "train.max_iters=3", "train.batch_size=4",
-                   "train.base_batch_size=4", "train.optimizer=sgd", "train.lr=0.01"]
+                   "train.base_batch_size=4", "train.optimizer=sgd", "train.lr=0.01",
+                   "train.log_every=1"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    base = ["-m", "spatialflow.cli", "train", "--preset", "tiny-cpu", "--quiet", "--set", *sets]
+    base = [str(script), "train", "--preset", "tiny-cpu", "--quiet", "--set", *sets]
     one = subprocess.run([sys.executable, *base, "--out", str(tmp_path / "one")], env=env,
                          capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
@@ -108,8 +138,13 @@ def test_two_processes_match_one(data_root, tmp_path):
     b = load_checkpoint(tmp_path / "two" / "model_final.pt")["model"]
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert worst < 1e-4, worst
-    moved = load_checkpoint(tmp_path / "one" / "model_final.pt")
-    assert moved["iteration"] == 3
+    assert load_checkpoint(tmp_path / "one" / "model_final.pt")["iteration"] == 3
+    for run, term in (("one", "loss_cls"), ("two", "(in another process)")):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        logs = [json.loads(x) for x in lines]
+        assert [r for r in logs if "bad_step" in r] == [
+            {"iter": 2, "bad_step": [term], "bad_steps": 1}], run
+        assert [r["iter"] for r in logs if "loss" in r] == [1, 3], run
 
 
 def test_evaluate_cli_on_a_run(data_root, tmp_path, capsys):
