@@ -157,11 +157,11 @@ def _wait_for(predicate, proc, timeout=300):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_a_checkpoint_and_resume_finishes(data_root, tmp_path, signum):
+def test_signal_saves_a_checkpoint_and_exits(data_root, tmp_path, signum):
     """The signal goes to the whole process group, DataLoader workers included, as a
-    terminal's Ctrl-C or torchrun's shutdown does."""
+    terminal's Ctrl-C or a scheduler's job cancel does."""
     run = tmp_path / "run"
-    sets = FAST + [f"data.root={data_root}", "train.max_iters=20", "data.num_workers=2",
+    sets = FAST + [f"data.root={data_root}", "train.max_iters=30", "data.num_workers=2",
                    "train.log_every=2"]  # (many iterations left when the signal comes)
     proc = _spawn(["--set", *sets, "--out", str(run)])
     _wait_for(lambda: (run / "metrics.jsonl").is_file(), proc)   # 2 iterations done
@@ -171,13 +171,10 @@ def test_signal_saves_a_checkpoint_and_resume_finishes(data_root, tmp_path, sign
     name = signal.Signals(signum).name
     assert f"stopped by {name} at iteration" in err and "--resume" in err, err[-2000:]
     state = load_checkpoint(run / CHECKPOINT)
-    assert 2 <= state["iteration"] < 20 and f"at iteration {state['iteration']}:" in err
+    assert 2 <= state["iteration"] < 30 and f"at iteration {state['iteration']}:" in err
     assert not (run / FINAL).exists()
-    if signum == signal.SIGINT:  # resuming is the same for both (time saved)
-        return
-    train(None, run, resume=True, progress=False, evaluate_at_end=False)
-    assert load_checkpoint(run / FINAL)["iteration"] == 20
-    assert [r["iter"] for r in records(run)] == list(range(2, 21, 2))
+    # (resuming after a stop: test_sigkill_during_a_checkpoint_write_keeps_the_previous_one)
+    assert [r["iter"] for r in records(run)] == list(range(2, state["iteration"] + 1, 2))
 
 
 def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(data_root, tmp_path):
