@@ -27,9 +27,10 @@ def records(run):
 
 
 def poison(monkeypatch, steps, kind="loss"):
-    """Make training forward number ``steps`` (1-based) give a NaN loss (``kind="loss"``) or a
-    finite loss with a NaN gradient (``"grad"``); returns the list of a weight's value seen at
-    every training forward."""
+    """Make training forward number ``steps`` (1-based; ``"all"``: from the third on) give a
+    NaN loss (``kind="loss"``), a finite loss with a NaN gradient (``"grad"``), or run on
+    weights set to Inf (``"weights"``); returns the list of a weight's value seen at every
+    training forward."""
     real, seen = train_module.build_model, []
 
     def build(cfg, categories):
@@ -37,15 +38,17 @@ def poison(monkeypatch, steps, kind="loss"):
         forward, weight = model.forward, next(model.parameters())
 
         def patched(images, targets=None, **kwargs):
-            out = forward(images, targets, **kwargs)
+            hit = False
             if model.training:
                 seen.append(weight.detach().clone())
-                if (len(seen) > 2) if steps == "all" else (len(seen) in steps):
-                    out = dict(out)
-                    if kind == "loss":
-                        out["loss_cls"] = out["loss_cls"] * float("nan")
-                    else:  # d sqrt(x)/dx at 0 is inf: 0 * inf = NaN in the gradient only
-                        out["loss_cls"] = out["loss_cls"] + 0.0 * torch.sqrt(weight.sum() * 0.0)
+                hit = (len(seen) > 2) if steps == "all" else (len(seen) in steps)
+                if hit and kind == "weights":
+                    weight.data.fill_(float("inf"))
+            out = forward(images, targets, **kwargs)
+            if hit and kind == "loss":
+                out = dict(out, loss_cls=out["loss_cls"] * float("nan"))
+            elif hit and kind == "grad":  # d sqrt(x)/dx at 0 is inf: 0 * inf = NaN, grad only
+                out = dict(out, loss_cls=out["loss_cls"] + 0.0 * torch.sqrt(weight.sum() * 0.0))
             return out
 
         model.forward = patched
@@ -97,6 +100,21 @@ def test_too_many_bad_steps_stop_with_a_good_checkpoint(data_root, tmp_path, mon
     assert not (run / FINAL).exists()
     with pytest.raises(TrainingDiverged):                 # still diverging after a resume
         train(None, run, resume=True, progress=False, evaluate_at_end=False)
+
+
+def test_weights_gone_infinite_keep_the_last_finite_checkpoint(data_root, tmp_path,
+                                                              monkeypatch):
+    poison(monkeypatch, "all", "weights")
+    run = tmp_path / "run"
+    cfg = fast(data_root, "train.max_iters=20", "train.max_bad_steps=1",
+               "train.checkpoint_every=2")
+    with pytest.warns(RuntimeWarning), pytest.raises(
+            TrainingDiverged, match=r"stopped at iteration 4: non-finite .*The weights hold NaN "
+                                    r"/ Inf; the last checkpoint, with finite weights, is kept"):
+        train(cfg, run, progress=False, evaluate_at_end=False)
+    state = load_checkpoint(run / CHECKPOINT)
+    assert state["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):

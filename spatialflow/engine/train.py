@@ -381,13 +381,15 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
         num_workers=cfg.data.num_workers,
         worker_init_fn=ignore_stop_signals if cfg.data.num_workers > 0 else None)
 
-    def checkpoint(it: int) -> None:
+    def checkpoint(it: int) -> bool:
+        """Save ``checkpoint_last.pt`` (process 0); ``False`` when the weights hold NaN / Inf
+        and the previous checkpoint is kept instead."""
         if rank != 0:
-            return
+            return True
         if not params_finite(unwrap(model)):  # never replace a good checkpoint by a bad one
             warnings.warn(f"{run / CHECKPOINT}: not updated at iteration {it}: the weights hold "
                           f"NaN / Inf", RuntimeWarning, stacklevel=2)
-            return
+            return False
         save_checkpoint(run / CHECKPOINT, {
             "bad_steps": bad_steps,
             "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
@@ -395,6 +397,7 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
             "iteration": it, "epoch": it // batches.per_epoch,
             "rng": {"torch": torch.get_rng_state()}, "config": config_to_dict(cfg),
             "categories": train_ds.categories.to_coco()})
+        return True
 
     def run_eval(it: int) -> dict:
         from spatialflow.evaluation import evaluate, format_metrics
@@ -448,11 +451,16 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
                         _log(run / "metrics.jsonl", {"iter": it + 1, "bad_step": bad,
                                                      "bad_steps": bad_steps}, on_log)
                     if bad_steps > t.max_bad_steps:
-                        checkpoint(it)
+                        if checkpoint(it):
+                            kept = f"Checkpoint of iteration {it}: {run / CHECKPOINT}"
+                        elif (run / CHECKPOINT).is_file():
+                            kept = (f"The weights hold NaN / Inf; the last checkpoint, with "
+                                    f"finite weights, is kept: {run / CHECKPOINT}")
+                        else:
+                            kept = "The weights hold NaN / Inf and no checkpoint was saved"
                         raise TrainingDiverged(
-                            f"{run}: training stopped at {message}. Checkpoint of iteration "
-                            f"{it} (finite weights): {run / CHECKPOINT}. A lower train.lr or "
-                            f"train.clip_grad may help; the loss terms are in "
+                            f"{run}: training stopped at {message}. {kept}. A lower train.lr "
+                            f"or train.clip_grad may help; the loss terms are in "
                             f"{run / 'metrics.jsonl'}")
                     warnings.warn(message, RuntimeWarning, stacklevel=2)
                     with warnings.catch_warnings():  # the schedule follows the iteration,
