@@ -261,9 +261,9 @@ class PanopticEvaluator:
     def _ground_truth(self) -> Tuple[dict, bool]:
         """The ground truth of the added images as a COCO panoptic dict (missing ``area``,
         ``bbox``, ``iscrowd`` filled in), and whether it differs from the dataset's JSON."""
-        import os
+        from spatialflow.data.panoptic_io import load_json
 
-        gt = json.loads(Path(self.dataset.panoptic_json).read_text(encoding="utf-8-sig"))
+        gt = load_json(self.dataset.panoptic_json)
         ids = [r["image_id"] for r in self.records]
         same = (sorted(map(str, ids)) == sorted(str(a["image_id"]) for a in gt["annotations"])
                 and not self._stats
@@ -281,11 +281,7 @@ class PanopticEvaluator:
                     seg.setdefault("area", area)
                     seg.setdefault("bbox", bbox)
                 segments.append(seg)
-            png = Path(rec["png_path"])
-            try:
-                file_name = str(png.relative_to(self.dataset.panoptic_dir))
-            except ValueError:
-                file_name = os.path.abspath(png)
+            file_name = str(Path(rec["png_path"]).relative_to(self.dataset.panoptic_dir))
             annotations.append({"image_id": rec["image_id"], "file_name": file_name,
                                 "segments_info": segments})
         keep = set(ids)

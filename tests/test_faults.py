@@ -58,12 +58,15 @@ def poison(monkeypatch, steps, kind="loss"):
     return seen
 
 
-@pytest.mark.parametrize("kind", ["loss", "grad"])
-def test_nonfinite_steps_are_skipped_and_the_run_goes_on(data_root, tmp_path, monkeypatch, kind):
+@pytest.mark.parametrize("kind, clip", [("loss", None), ("grad", None), ("grad", 10.0)])
+def test_nonfinite_steps_are_skipped_and_the_run_goes_on(data_root, tmp_path, monkeypatch, kind,
+                                                        clip):
+    """``clip``: with train.clip_grad the check reads the norm that clipping computed."""
     seen = poison(monkeypatch, {2, 3}, kind)
     run = tmp_path / "run"
     with pytest.warns(RuntimeWarning) as caught:
-        train(fast(data_root, "train.max_iters=6", "train.max_bad_steps=2"), run,
+        train(fast(data_root, "train.max_iters=6", "train.max_bad_steps=2",
+                   f"train.clip_grad={'null' if clip is None else clip}"), run,
               progress=False, evaluate_at_end=False)
     term = "loss_cls" if kind == "loss" else "gradient"
     assert [str(w.message) for w in caught] == [
@@ -140,6 +143,8 @@ def test_fault_helpers():
     assert grads_finite([p])                              # no gradient yet
     p.grad = torch.tensor([1.0, float("nan")])
     assert not grads_finite([p])
+    p.grad = torch.tensor([1.0, 2.0])
+    assert grads_finite([p]) and not grads_finite([p], torch.tensor(float("inf")))  # given norm
     assert agree(True) and not agree(False)               # one process: the flag itself
 
 

@@ -91,14 +91,19 @@ def nonfinite_terms(losses: Dict[str, torch.Tensor]) -> List[str]:
     return [k for k, good in zip(names, ok) if not good]
 
 
-def grads_finite(params: Sequence[torch.Tensor]) -> bool:
-    """Whether every gradient of ``params`` is finite (one fused norm; parameters without a
-    gradient are ignored)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return True
-    norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
-    return bool(torch.isfinite(norms).all())
+def grads_finite(params: Sequence[torch.Tensor], total_norm=None) -> bool:
+    """Whether every gradient of ``params`` is finite, from their total norm: ``total_norm``
+    when the caller has it (``clip_grad_norm_``'s result), else computed once (torch's fused
+    ``get_total_norm`` where it exists). Parameters without a gradient are ignored."""
+    if total_norm is None:
+        grads = [p.grad.detach() for p in params if p.grad is not None]
+        if not grads:
+            return True
+        get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+        total_norm = (get_total_norm(grads) if get_total_norm is not None else
+                      torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float())
+                                                            for g in grads])))
+    return bool(torch.isfinite(torch.as_tensor(total_norm)))
 
 
 def params_finite(module: torch.nn.Module) -> bool:

@@ -437,10 +437,12 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
                     bad = bad or ["(in another process)"]
                 else:
                     scaler.scale(loss).backward()
+                    norm = None
                     if t.clip_grad:
                         scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(params, t.clip_grad)
-                    if not use_amp and not grads_finite(params):  # (AMP's scaler skips these)
+                        norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad)
+                    # (AMP's scaler skips non-finite gradients itself)
+                    if not use_amp and not grads_finite(params, norm):
                         bad = ["gradient"]
                 if bad:
                     bad_steps += 1
