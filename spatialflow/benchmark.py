@@ -139,7 +139,8 @@ def conv_peak(height: int, width: int, channels: int = 256, repeat: int = 5,
     with torch.inference_mode():
         flops = count_flops(lambda: conv(x))
         t = median_time(lambda: conv(x), repeat, 1, device)
-    return {"layout": "channels_last" if channels_last else "NCHW", "gflops": flops / 1e9,
+    return {"layout": "channels_last" if channels_last else "NCHW", "shape": f"{height}x{width}",
+            "gflops": flops / 1e9,
             "seconds": t["median"], "gflop_per_s": flops / 1e9 / t["median"]}
 
 
@@ -399,10 +400,12 @@ def _training_child(preset: str, overrides: Sequence[str], size: int, batch: int
         optimizer.step()
 
     t = median_time(step, steps, warmup, device)
+    flops = count_flops(step)  # forward + backward (+ the optimizer's few element-wise ops)
     peak_gpu = (torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
                 if device.startswith("cuda") else None)
     return {"preset": preset, "overrides": list(overrides), "size": list(images.tensors.shape[-2:]),
             "batch": batch, "step_s": t["median"], "images_per_s": batch / t["median"],
+            "gflops_per_step": flops / 1e9, "gflop_per_s": flops / 1e9 / t["median"],
             "peak_rss_mb": peak_rss_mb(),
             "peak_gpu_mb": peak_gpu, "threads": torch.get_num_threads(), "device": device}
 
@@ -422,37 +425,62 @@ def training_throughput(preset: str = "tiny-cpu", overrides: Sequence[str] = (),
 
 
 def quality_per_minute(out, minutes: Sequence[float] = (1, 2, 5, 10), preset: str = "tiny-cpu",
-                       overrides: Sequence[str] = (), progress: bool = False) -> List[dict]:
-    """PQ on the synthetic val split after ``minutes`` of training (cumulative, one run in
-    ``out/run``, the data in ``out/data``): the run is stopped at each mark with a checkpoint
-    (``train(stop_after_s=...)``), evaluated, then resumed. Rows: ``minutes`` (the mark),
-    ``train_s`` (training seconds so far, set-up of each resume included), ``iteration`` and
-    :func:`~spatialflow.studies.metrics_row`'s keys."""
+                       overrides: Sequence[str] = (), seeds: Sequence[int] = (0, 1, 2),
+                       rate: Optional[float] = None, progress: bool = False) -> dict:
+    """What ``minutes`` of training give: for each mark and seed, one run of ``preset`` whose
+    schedule is sized to the mark (``train.max_iters`` = the mark times this machine's training
+    rate, so that its warm-up and lr decay fit in the time), stopped at the mark if it is not
+    done by then, and evaluated on the synthetic val split (the data in ``out/data``, shared).
+
+    ``rate``: iterations per second; by default measured first with :func:`training_throughput`
+    (the training step of the preset at its own size and batch) and lowered by 10% for the data
+    loading and logging of a real run. Returns ``{"rate", "runs": [one row per run: "minutes",
+    "seed", "max_iters", "iteration", "train_s" (set-up included) and
+    :func:`~spatialflow.studies.metrics_row`'s keys], "median": [per mark: "minutes", "seeds"
+    and the median over the seeds of each figure]}``.
+    """
     from pathlib import Path
 
     from spatialflow.config import load_config
     from spatialflow.data.coco_panoptic import CocoPanopticDataset
-    from spatialflow.engine.train import CHECKPOINT, load_checkpoint, load_run, prepare_data, train
+    from spatialflow.engine.train import CHECKPOINT, FINAL, load_checkpoint, load_run, prepare_data, train
     from spatialflow.evaluation import evaluate
     from spatialflow.studies import metrics_row
 
     out = Path(out)
     cfg = load_config(preset, list(overrides))
     root = prepare_data(cfg, out)
-    cfg = load_config(preset, [*overrides, f"data.root={root}"])
-    run, spent, rows = out / "run", 0.0, []
+    if rate is None:
+        probe = training_throughput(preset, overrides, max(cfg.data.min_size),
+                                    cfg.train.batch_size)
+        rate = 0.9 / probe["step_s"]
+    runs = []
     for mark in sorted(minutes):
-        start = time.perf_counter()
-        train(cfg, run, resume=(run / CHECKPOINT).is_file(), progress=progress,
-              evaluate_at_end=False, stop_after_s=max(0.0, 60 * mark - spent))
-        spent += time.perf_counter() - start
-        it = int(load_checkpoint(run / CHECKPOINT)["iteration"])
-        rcfg, model, _ = load_run(run / CHECKPOINT)
-        val = CocoPanopticDataset.from_root(root, rcfg.data.val_split)
-        metrics = evaluate(model, val, out / "eval" / f"min{mark:g}", rcfg.infer,
-                           rcfg.data.test_size, rcfg.data.max_size, progress=progress)
-        rows.append({"minutes": mark, "train_s": spent, "iteration": it, **metrics_row(metrics)})
-    return rows
+        for seed in seeds:
+            iters = max(1, int(rate * 60 * mark))
+            run = out / f"min{mark:g}" / f"seed{seed}"
+            rcfg = load_config(preset, [*overrides, f"data.root={root}", f"train.seed={seed}",
+                                        f"train.max_iters={iters}",
+                                        f"train.warmup_iters={min(cfg.train.warmup_iters, iters // 4)}"])
+            start = time.perf_counter()
+            train(rcfg, run, resume=(run / CHECKPOINT).is_file(), progress=progress,
+                  evaluate_at_end=False, stop_after_s=60 * mark)
+            spent = time.perf_counter() - start
+            found = run / FINAL if (run / FINAL).is_file() else run / CHECKPOINT
+            it = int(load_checkpoint(found)["iteration"])
+            ecfg, model, _ = load_run(found)
+            val = CocoPanopticDataset.from_root(root, ecfg.data.val_split)
+            metrics = evaluate(model, val, run / "eval", ecfg.infer, ecfg.data.test_size,
+                               ecfg.data.max_size, progress=progress)
+            runs.append({"minutes": mark, "seed": seed, "max_iters": iters, "iteration": it,
+                         "train_s": spent, **metrics_row(metrics)})
+    median = []
+    for mark in sorted(minutes):
+        rows = [r for r in runs if r["minutes"] == mark]
+        keys = [k for k in rows[0] if k not in ("minutes", "seed")]
+        median.append({"minutes": mark, "seeds": [r["seed"] for r in rows],
+                       **{k: statistics.median(r[k] for r in rows) for k in keys}})
+    return {"rate": rate, "runs": runs, "median": median}
 
 
 def evaluation_speed(run, out, images: int = 500, progress: bool = False) -> dict:
@@ -472,7 +500,7 @@ def evaluation_speed(run, out, images: int = 500, progress: bool = False) -> dic
     out = Path(out)
     cfg, model, _ = load_run(run)
     s = cfg.data.synthetic
-    make_synthetic(out / "data", 0, images, s.size, s.seed + 1, progress=progress)
+    make_synthetic(out / "data", 0, images, s.size, s.seed + 1, progress=progress, scene=s.scene)
     val = CocoPanopticDataset.from_root(out / "data", "val")
     evaluator = PanopticEvaluator(val, out / "eval")
     start = time.perf_counter()
@@ -497,27 +525,43 @@ def format_evaluation(row: dict) -> str:
 
 
 #: the training configurations of the benchmark: (label, preset, overrides, size, batch)
-TRAINING = (("tiny-cpu, 256 px, batch 4", "tiny-cpu", (), 256, 4),
+TRAINING = (("tiny-cpu, 128 px, batch 8", "tiny-cpu", (), 128, 8),
             ("R50 (r50-coco), 512 px, batch 2", "r50-coco", ("data.max_size=1024",), 512, 2))
 
 
-def format_training(rows: Sequence[dict]) -> str:
-    """Markdown table of :func:`training_throughput` rows (with a ``label``)."""
-    lines = ["| training | input | images/s | s/step | peak RSS (MiB) | peak GPU (MiB) |",
-             "|---|---|---:|---:|---:|---:|"]
+def format_training(rows: Sequence[dict], conv_rate: Optional[dict] = None) -> str:
+    """Markdown table of :func:`training_throughput` rows (with a ``label``); with the
+    machine's ``conv_rate`` (a :func:`conv_peak` row) each step's GFLOP/s is also given as a
+    share of it."""
+    lines = ["| training | input | images/s | s/step | GFLOP/step | GFLOP/s | of conv rate | "
+             "peak RSS (MiB) | peak GPU (MiB) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         gpu = "-" if r.get("peak_gpu_mb") is None else f"{r['peak_gpu_mb']:.0f}"
+        share = "-" if conv_rate is None else f"{100 * r['gflop_per_s'] / conv_rate['gflop_per_s']:.0f}%"
         lines.append(f"| {r.get('label', r['preset'])} | {r['size'][0]}x{r['size'][1]} x "
                      f"{r['batch']} | {r['images_per_s']:.2f} | {r['step_s']:.2f} | "
+                     f"{r['gflops_per_step']:.1f} | {r['gflop_per_s']:.0f} | {share} | "
                      f"{r['peak_rss_mb']:.0f} | {gpu} |")
+    if conv_rate is not None:
+        lines.append(f"\nThe machine's convolution rate: {conv_rate['gflop_per_s']:.0f} GFLOP/s "
+                     f"(one 3x3 256->256 conv of a 256 x {conv_rate['shape']} input, "
+                     f"{conv_rate['layout']}, forward).")
     return "\n".join(lines)
 
 
-def format_quality(rows: Sequence[dict]) -> str:
-    """Markdown table of :func:`quality_per_minute` rows."""
-    lines = ["| minutes | training s | iterations | PQ | PQ_Th | PQ_St | box AP |",
+def format_quality(result: dict) -> str:
+    """Markdown table of :func:`quality_per_minute`: the median over the seeds of each mark,
+    then every run."""
+    lines = ["| minutes | seeds | iterations | PQ | PQ_Th | PQ_St | box AP |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['minutes']:g} | {r['train_s']:.0f} | {r['iteration']} | "
+    for r in result["median"]:
+        lines.append(f"| {r['minutes']:g} | {len(r['seeds'])} (median) | {r['iteration']:.0f} | "
                      f"{r['pq']:.1f} | {r['pq_th']:.1f} | {r['pq_st']:.1f} | {r['ap']:.1f} |")
+    lines += ["", "| minutes | seed | iterations (of) | training s | PQ | PQ_Th | PQ_St | box AP |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["runs"]:
+        lines.append(f"| {r['minutes']:g} | {r['seed']} | {r['iteration']} ({r['max_iters']}) | "
+                     f"{r['train_s']:.0f} | {r['pq']:.1f} | {r['pq_th']:.1f} | {r['pq_st']:.1f} | "
+                     f"{r['ap']:.1f} |")
     return "\n".join(lines)

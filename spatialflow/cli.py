@@ -67,13 +67,12 @@ def cmd_make_data(args) -> int:
     if args.size < 32:
         raise InputError("--size must be >= 32")
     make_synthetic(args.out, num_train=args.num_train, num_val=args.num_val, size=args.size,
-                   seed=args.seed, workers=args.workers, progress=not args.quiet)
+                   seed=args.seed, workers=args.workers, progress=not args.quiet, scene=args.scene)
     print(format_summary(summarize(args.out)))
     print(f"written to {Path(args.out).resolve()}")
     return 0
 
 
-DEMO_DEFAULTS = ["train.max_iters=300"]  # 6-8 minutes of training on 2 cores
 
 
 def cmd_bench(args) -> int:
@@ -106,6 +105,13 @@ def cmd_bench(args) -> int:
             args.sizes, args.repeat, args.threads, args.device, args.models, args.preset)
         show("Inference", benchmark.format_inference(result["inference"]))
     if args.training != "none":
+        # the machine's convolution rate: one 3x3 256->256 conv at the P3 shape of an 800 px
+        # image (as in the inference table), the faster of the two memory layouts
+        h, w = benchmark.image_shape(800)
+        result["conv_rate"] = max(
+            (benchmark.conv_peak(-(-h // 8), -(-w // 8), repeat=args.repeat, channels_last=cl,
+                                 device=args.device) for cl in (False, True)),
+            key=lambda r: r["gflop_per_s"])
         rows = []
         for label, preset, overrides, size, batch in benchmark.TRAINING:
             if args.training == "tiny" and preset != "tiny-cpu":
@@ -113,20 +119,24 @@ def cmd_bench(args) -> int:
             print(f"training: {label}", flush=True)
             rows.append({"label": label, **benchmark.training_throughput(
                 preset, overrides, size, batch, threads=args.threads, device=args.device)})
+            rows[-1]["conv_ratio"] = rows[-1]["gflop_per_s"] / result["conv_rate"]["gflop_per_s"]
         result["training"] = rows
-        show("Training", benchmark.format_training(rows))
+        show("Training", benchmark.format_training(rows, result["conv_rate"]))
     if args.minutes:
         with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
-            print(f"quality per minute: training tiny-cpu for {max(args.minutes):g} minutes",
-                  flush=True)
-            result["quality"] = benchmark.quality_per_minute(tmp, args.minutes)
-            show("Quality per minute (tiny-cpu, synthetic val)",
+            seeds = ", ".join(map(str, args.seeds))
+            print(f"quality per minute: tiny-cpu runs of {', '.join(f'{m:g}' for m in args.minutes)} "
+                  f"minutes, seeds {seeds} ({sum(args.minutes) * len(args.seeds):g} minutes of "
+                  f"training)", flush=True)
+            result["quality"] = benchmark.quality_per_minute(tmp, args.minutes, seeds=args.seeds)
+            show(f"Quality per minute (tiny-cpu, synthetic val; seeds {seeds})",
                  benchmark.format_quality(result["quality"]))
             if args.eval_images:
+                longest = Path(tmp) / f"min{max(args.minutes):g}" / f"seed{args.seeds[0]}"
                 print(f"evaluation: the {max(args.minutes):g}-minute run on {args.eval_images} "
                       "synthetic val images", flush=True)
                 result["evaluation"] = benchmark.evaluation_speed(
-                    Path(tmp) / "run", Path(tmp) / "speed", args.eval_images)
+                    longest, Path(tmp) / "speed", args.eval_images)
                 show("Evaluation (panopticapi PQ + pycocotools box AP)",
                      benchmark.format_evaluation(result["evaluation"]))
     print(f"written: {out / 'bench.json'}, {out / 'bench.md'}")
@@ -146,13 +156,14 @@ def cmd_demo(args) -> int:
     t_start = time.perf_counter()
     out = Path(args.out)
     data_dir = (out / "data").resolve()
-    cfg = load_config(args.preset, DEMO_DEFAULTS + list(args.set) + [f"data.root={data_dir}"])
+    # the preset's own schedule: tiny-cpu's is sized to the demo (about 9 minutes on 2 cores)
+    cfg = load_config(args.preset, list(args.set) + [f"data.root={data_dir}"])
     s = cfg.data.synthetic
     print(f"[1/4] synthetic data: {s.num_train} train + {s.num_val} val images of "
           f"{s.size}x{s.size} px (seed {s.seed}) -> {data_dir}")
     if not (data_dir / f"panoptic_{cfg.data.val_split}.json").is_file():
         make_synthetic(data_dir, num_train=s.num_train, num_val=s.num_val, size=s.size,
-                       seed=s.seed, progress=True)
+                       seed=s.seed, progress=True, scene=s.scene)
     print(format_summary(summarize(data_dir)))
     t_data = time.perf_counter()
 
@@ -328,10 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("make-data", help="write a data set in COCO panoptic format")
     q.add_argument("kind", choices=["synthetic"], help="which data set to make")
     q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("--num-train", type=int, default=400, help="training images (default 400)")
+    q.add_argument("--num-train", type=int, default=2000, help="training images (default 2000)")
     q.add_argument("--num-val", type=int, default=100, help="validation images (default 100)")
-    q.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    q.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    q.add_argument("--scene", choices=["close", "wide"], default="close",
+                   help="close: things seen from near, a tenth to half of the image side "
+                        "(default); wide: the first version's landscapes, with things down to "
+                        "a few pixels")
     q.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_make_data)
@@ -377,11 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "printed, e.g. 'SpatialFlow R50' 'Mask R-CNN R50-FPN')")
     q.add_argument("--preset", default="r50-coco", help="SpatialFlow's preset (default r50-coco)")
     q.add_argument("--training", choices=["all", "tiny", "none"], default="all",
-                   help="training images/s and peak memory: tiny-cpu at 256 px and R50 at 512 "
+                   help="training images/s and peak memory: tiny-cpu at 128 px and R50 at 512 "
                         "px (all), tiny-cpu only, or none")
     q.add_argument("--minutes", type=float, nargs="*", default=[1, 2, 5, 10],
-                   help="quality per minute: PQ after these minutes of training tiny-cpu on "
-                        "the synthetic data (default 1 2 5 10; none to skip)")
+                   help="quality per minute: PQ of tiny-cpu runs of these many minutes each, "
+                        "their schedules sized to this machine, on the synthetic data (default "
+                        "1 2 5 10; none to skip)")
+    q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="quality per minute: one run per seed and mark; the table gives the "
+                        "median (default 0 1 2)")
     q.add_argument("--eval-images", type=int, default=500,
                    help="then time the evaluation of that run on this many synthetic val "
                         "images (default 500; 0 to skip)")

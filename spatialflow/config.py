@@ -64,10 +64,11 @@ class ModelConfig:
 @dataclass
 class SyntheticConfig:
     """The built-in synthetic data set, generated when ``data.root`` is not set."""
-    num_train: int = 400
+    num_train: int = 2000
     num_val: int = 100
-    size: int = 256
+    size: int = 128
     seed: int = 0
+    scene: str = "close"  # "close" (things large enough to learn in minutes) or "wide" (v1)
 
 
 @dataclass
@@ -260,6 +261,7 @@ def _check(cfg: Config) -> Config:
     s = d.synthetic
     need(s.num_train >= 1 and s.num_val >= 1, "data.synthetic", "needs >= 1 train and val image")
     need(s.size >= 32, "data.synthetic.size", f"must be >= 32, got {s.size}")
+    need(s.scene in ("close", "wide"), "data.synthetic.scene", f"must be 'close' or 'wide', got {s.scene!r}")
     return cfg
 
 

@@ -114,13 +114,21 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, capsys):
 
 
 def test_training_and_quality_tables():
-    text = B.format_training([{"label": "x", "preset": "tiny-cpu", "size": [256, 256],
-                               "batch": 4, "images_per_s": 2.5, "step_s": 1.6,
-                               "peak_rss_mb": 900.4, "peak_gpu_mb": None}])
-    assert "| x | 256x256 x 4 | 2.50 | 1.60 | 900 | - |" in text
-    text = B.format_quality([{"minutes": 1, "train_s": 61.2, "iteration": 37, "pq": 20.0,
-                              "pq_th": 0.0, "pq_st": 40.0, "ap": 0.1}])
-    assert "| 1 | 61 | 37 | 20.0 | 0.0 | 40.0 | 0.1 |" in text
+    row = {"label": "x", "preset": "tiny-cpu", "size": [256, 256], "batch": 4,
+           "images_per_s": 2.5, "step_s": 1.6, "gflops_per_step": 92.8, "gflop_per_s": 58.0,
+           "peak_rss_mb": 900.4, "peak_gpu_mb": None}
+    rate = {"layout": "NCHW", "shape": "100x134", "gflop_per_s": 72.5}
+    text = B.format_training([row], rate)
+    assert "| x | 256x256 x 4 | 2.50 | 1.60 | 92.8 | 58 | 80% | 900 | - |" in text
+    assert "convolution rate: 72 GFLOP/s" in text and "256 x 100x134 input, NCHW" in text
+    assert "| 58 | - | 900 |" in B.format_training([row])
+    run = {"pq": 20.0, "pq_th": 0.0, "pq_st": 40.0, "ap": 0.1}
+    text = B.format_quality({"runs": [
+        {"minutes": 1, "seed": 0, "max_iters": 40, "iteration": 37, "train_s": 61.2, **run}],
+        "median": [{"minutes": 1, "seeds": [0], "iteration": 37, "max_iters": 40,
+                    "train_s": 61.2, **run}]})
+    assert "| 1 | 1 (median) | 37 | 20.0 | 0.0 | 40.0 | 0.1 |" in text
+    assert "| 1 | 0 | 37 (40) | 61 | 20.0 | 0.0 | 40.0 | 0.1 |" in text
 
 
 def test_training_peak_memory_is_the_child_s_own():
@@ -143,18 +151,28 @@ def test_training_throughput_in_a_fresh_process():
     assert 100 < row["peak_rss_mb"] < 8000 and row["peak_gpu_mb"] is None
 
 
-def test_quality_per_minute_stops_evaluates_and_resumes(tmp_path):
+def test_quality_per_minute_trains_one_run_per_mark_and_seed(tmp_path):
+    """Each mark gets runs of its own, their schedules sized by the rate; a run still going at
+    its mark is stopped there; the median row takes the median over the seeds."""
     from spatialflow.studies import QUICK_OVERRIDES
 
     quick = [o for o in QUICK_OVERRIDES if not o.startswith("train.max_iters")]
-    rows = B.quality_per_minute(tmp_path, minutes=[0.0001, 0.0002], overrides=quick)
-    assert [r["minutes"] for r in rows] == [0.0001, 0.0002]
-    assert [r["iteration"] for r in rows] == [1, 2]  # one iteration past each (tiny) budget
-    assert rows[0]["train_s"] < rows[1]["train_s"]
-    assert all(0 <= r["pq"] <= 100 for r in rows)
-    assert (tmp_path / "eval" / "min0.0002" / "metrics.json").is_file()
-    # the evaluation speed of that run, on a fresh synthetic val split
-    row = B.evaluation_speed(tmp_path / "run", tmp_path / "speed", images=6)
+    result = B.quality_per_minute(tmp_path, minutes=[0.0001, 0.05], overrides=quick,
+                                  seeds=[0, 1], rate=1.0)
+    runs = result["runs"]
+    assert [(r["minutes"], r["seed"]) for r in runs] == [(0.0001, 0), (0.0001, 1), (0.05, 0),
+                                                         (0.05, 1)]
+    assert [r["max_iters"] for r in runs] == [1, 1, 3, 3]  # 1 iteration/s: 0.006 s and 3 s
+    assert all(r["iteration"] == 1 for r in runs[:2])
+    assert all(1 <= r["iteration"] <= 3 for r in runs[2:])  # done, or stopped at 3 s
+    assert all(0 <= r["pq"] <= 100 for r in runs)
+    assert (tmp_path / "min0.05" / "seed1" / "eval" / "metrics.json").is_file()
+    med = result["median"][1]
+    assert med["minutes"] == 0.05 and med["seeds"] == [0, 1]
+    assert med["pq"] == pytest.approx((runs[2]["pq"] + runs[3]["pq"]) / 2)
+    assert "(median)" in B.format_quality(result)
+    # the evaluation speed of one of those runs, on a fresh synthetic val split
+    row = B.evaluation_speed(tmp_path / "min0.05" / "seed0", tmp_path / "speed", images=6)
     assert row["images"] == 6 and row["size"] == 128  # the run's synthetic size
     assert row["seconds"] == pytest.approx(row["predict_s"] + row["score_s"])
     assert row["images_per_s"] == pytest.approx(6 / row["seconds"]) and 0 <= row["pq"] <= 100

@@ -26,7 +26,14 @@ def test_make_data_writes_coco_panoptic(tmp_path, capsys):
         assert len(data["images"]) == n == len(list((out / split).iterdir()))
         assert len(list((out / f"panoptic_{split}").glob("*.png"))) == n
         assert (out / f"instances_{split}.json").is_file()
+        assert data["info"]["scene"] == "close"  # the default
     assert str(out.resolve()) in capsys.readouterr().out
+    wide = tmp_path / "wide"  # the first version's scenes, same seed
+    assert main(["make-data", "synthetic", "--out", str(wide), "--num-train", "3", "--num-val",
+                 "2", "--size", "96", "--seed", "1", "--scene", "wide", "--quiet"]) == 0
+    assert json.loads((wide / "panoptic_val.json").read_text())["info"]["scene"] == "wide"
+    assert any((wide / "train" / f.name).read_bytes() != f.read_bytes()
+               for f in (out / "train").iterdir())  # things drawn larger
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
@@ -42,7 +49,8 @@ def test_demo_trains_evaluates_and_reports(tmp_path, capsys):
     args = ["demo", "--out", str(tmp_path / "demo"), "--overlays", "2", "--set",
             "data.synthetic.num_train=4", "data.synthetic.num_val=2", "data.synthetic.size=96",
             "data.min_size=[96]", "data.max_size=96", "data.test_size=96", "data.num_workers=0",
-            "train.max_iters=2", "train.warmup_iters=1"]
+            "train.max_iters=2", "train.warmup_iters=1", "train.batch_size=2",
+            "train.base_batch_size=2"]
     assert main(args) == 0
     out = capsys.readouterr().out
     for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "demo done"):

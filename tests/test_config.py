@@ -69,6 +69,7 @@ def test_yaml_file_with_base_preset(tmp_path):
     ("data.crop_size=[0,10]", "data.crop_size"),
     ("data.scale_range=[2.0,0.5]", "data.scale_range"),
     ("data.synthetic.size=8", "data.synthetic.size"),
+    ("data.synthetic.scene=far", "data.synthetic.scene"),
     ("model=3", "model"),                             # a mapping expected
     ("train.lr=[0.1]", "train.lr"),
 ])

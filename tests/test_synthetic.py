@@ -43,10 +43,11 @@ def _load(path):
     return json.loads(path.read_text())
 
 
-@pytest.fixture(scope="module")
-def scenes():
-    """60 scenes at 128 px rendered directly (no I/O)."""
-    return [render_scene(np.random.default_rng([11, i]), 128) for i in range(60)]
+@pytest.fixture(scope="module", params=["close", "wide"])
+def scenes(request):
+    """(style, 60 scenes of that style at 128 px rendered directly, no I/O)."""
+    return request.param, [render_scene(np.random.default_rng([11, i]), 128, request.param)
+                           for i in range(60)]
 
 
 def test_categories_are_coco_panoptic():
@@ -159,6 +160,7 @@ def test_render_scene_is_pure_and_typed():
 
 
 def test_scene_statistics(scenes):
+    style, scenes = scenes
     cats, roots, crowd, empty = Counter(), [], 0, 0
     for _, _, segs in scenes:
         cats.update({s["category_id"] for s in segs})
@@ -167,7 +169,8 @@ def test_scene_statistics(scenes):
         empty += not any(s["category_id"] in THINGS for s in segs)
         assert all(s["area"] >= 6 for s in segs if s["category_id"] in THINGS)
     assert len(set(cats) & STUFF) >= 4 and len(set(cats) & THINGS) >= 3
-    assert max(roots) / min(roots) >= 8
+    # a range of sizes: 8x in the wide scenes, 4x in the close ones (a tenth to half the side)
+    assert max(roots) / min(roots) >= {"wide": 8, "close": 4}[style]
     assert 1 <= empty <= 0.3 * len(scenes)
     assert crowd >= 1
     # every stuff class is common but not everywhere (sky excepted)
@@ -176,6 +179,7 @@ def test_scene_statistics(scenes):
 
 
 def test_same_class_instances_touch_or_overlap(scenes):
+    style, scenes = scenes
     touching = 0
     for _, pan, _ in scenes:
         found = False
@@ -187,6 +191,7 @@ def test_same_class_instances_touch_or_overlap(scenes):
 
 
 def test_things_are_placed_where_they_belong(scenes):
+    style, scenes = scenes
     below, ring = defaultdict(Counter), Counter()
     for _, pan, segs in scenes:
         H = pan.shape[0]
@@ -217,6 +222,7 @@ def test_things_are_placed_where_they_belong(scenes):
 
 
 def test_perspective_far_cars_are_smaller(scenes):
+    style, scenes = scenes
     bottoms, widths = [], []
     for _, _, segs in scenes:
         for s in segs:
@@ -244,7 +250,26 @@ def test_summarize_and_format(data):
     assert len(text.splitlines()) >= 10
 
 
+def test_close_scenes_show_larger_things_than_wide_ones():
+    """The close style draws things twice as large, none under a tenth of the side (but for
+    what occlusion hides); the wide style keeps the first version's tiny distant things."""
+    def box_sides(style):
+        return [max(s["bbox"][2:]) for i in range(40)
+                for s in render_scene(np.random.default_rng([12, i]), 128, style)[2]
+                if s["category_id"] in THINGS and not s["iscrowd"]]
+
+    close, wide = box_sides("close"), box_sides("wide")
+    assert len(close) > 100 and len(wide) > 100
+    assert np.median(close) >= 1.6 * np.median(wide)
+    assert np.percentile(close, 10) >= 12 > np.percentile(wide, 10)
+    assert max(close) <= 128
+
+
 def test_bad_arguments(tmp_path):
+    with pytest.raises(InputError, match="scene"):
+        make_synthetic(tmp_path / "x", num_train=1, num_val=1, size=64, scene="far", progress=False)
+    with pytest.raises(InputError, match="scene"):
+        render_scene(np.random.default_rng(0), 64, "far")
     with pytest.raises(InputError):
         make_synthetic(tmp_path / "x", num_train=1, num_val=0, size=8, progress=False)
     with pytest.raises(InputError):

@@ -8,6 +8,12 @@ often touch or overlap instances of their own class. Thing colours come from one
 every class and carry texture and noise, so the class has to be read from the shape and the
 place. Some images hold no things; some hold a flock of tiny birds labelled as one crowd segment.
 
+Two scene styles (:data:`SCENES`): ``"close"`` (the default) shows the scenes from nearer, with
+things twice as large as in ``"wide"`` and between a tenth and a half of the image side, so that
+every thing spans two or more cells of P3 (stride 8) at 128 px; ``"wide"`` is the first version,
+whose distant things shrink to a few pixels (at 256 px the median thing is about 12 px, 1.5
+cells of P3) and which a CPU run of minutes does not learn to detect.
+
 Every image is rendered from its own generator, seeded from ``(seed, split, index)``, so the files
 are byte-identical for a given seed whatever the number of worker processes.
 """
@@ -21,6 +27,7 @@ import math
 import multiprocessing as mp
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +53,25 @@ ROAD, WATER, SKY, MOUNTAIN, GRASS = 149, 155, 187, 192, 193
 THING_IDS = (PERSON, CAR, BOAT, BIRD)
 _SPLIT_KEY = {"train": 0, "val": 1}
 _STEM = re.compile(r"^\d{12}\.(jpg|png)$")
+
+
+@dataclass(frozen=True)
+class SceneStyle:
+    """How near the scenes are seen: things are ``zoom`` times their size in the wide scenes,
+    between ``min_frac`` and ``max_frac`` of the image side; ``whole_boats`` checks that a boat's
+    bow and stern, not only its keel, lie over water (large boats must not overhang the shore);
+    an image with water holds ``boat_groups`` (a ``[low, high)`` range) groups of boats."""
+    zoom: float = 1.0
+    min_frac: float = 0.0
+    max_frac: float = math.inf
+    whole_boats: bool = False
+    boat_groups: tuple = (0, 3)  # [low, high) groups of boats on water
+
+
+#: "wide" is the first version (landscapes seen from afar; at 256 px the median thing is about
+#: 12 px, 1.5 cells of P3); "close" (the default) shows the same scenes from nearer
+SCENES = {"wide": SceneStyle(), "close": SceneStyle(2.0, 0.1, 0.5, whole_boats=True,
+                                                      boat_groups=(1, 4))}
 
 
 # --- geometry primitives, evaluated on a local grid (ys: [h,1], xs: [1,w] pixel centres) -------
@@ -161,8 +187,12 @@ def _person(ys, xs, cx, yb, Hp, rgb, skin):
 class _Scene:
     """Per-image state: size, horizon, stuff map, noise fields, road parameters."""
 
-    def __init__(self, rng, H, W):
+    def __init__(self, rng, H, W, scene="close"):
         self.H, self.W, self.s = H, W, min(H, W) / 256.0
+        # thing sizes: ``zoom`` x their size in the wide scenes, within [min_px, max_px]
+        self.style = style = SCENES[scene]
+        self.zoom, self.min_px, self.max_px = (style.zoom, style.min_frac * min(H, W),
+                                               style.max_frac * min(H, W))
         self.Y = np.arange(H, dtype=np.float32)[:, None] + 0.5
         self.X = np.arange(W, dtype=np.float32)[None, :] + 0.5
         self.hi = rng.standard_normal((H, W), dtype=np.float32)
@@ -175,6 +205,15 @@ class _Scene:
         cell = max(2.0, cell * self.s)
         grid = rng.standard_normal((int(self.H / cell) + 2, int(self.W / cell) + 2)).astype(np.float32)
         return np.asarray(Image.fromarray(grid).resize((self.W, self.H), Image.BICUBIC)) * 1.6
+
+    def size(self, wide, floor=0.0):
+        """A thing's size in pixels: ``zoom`` times ``wide`` (its size in the wide scenes), at
+        least ``floor`` and the scene's ``min_px``, at most ``max_px``."""
+        return self.clamp(self.zoom * wide, floor)
+
+    def clamp(self, px, floor=0.0):
+        """``px`` limited to the scene's thing sizes (and at least ``floor``)."""
+        return min(max(px, floor, self.min_px), self.max_px)
 
     def depth(self, y, x):
         """Ground depth of a point: 0 at the horizon, 1 at the bottom edge."""
@@ -350,7 +389,7 @@ def _place_cars(rng, sc, out):
     for _ in range(6):
         yb = sc.road["y0"] + rng.uniform(0.1, 1.0) * (sc.H - sc.road["y0"])
         centre, w, _ = sc.road_at(yb)
-        L = max(7 * sc.s, w * (rng.uniform(0.2, 0.3) if kind == 2 else rng.uniform(0.22, 0.42)))
+        L = sc.size(w * (rng.uniform(0.2, 0.3) if kind == 2 else rng.uniform(0.22, 0.42)), 7 * sc.s)
         lane = rng.uniform(-1, 1) * max(0.0, w / 2 - 0.55 * L) / w
         cars = [(centre + lane * w, yb, L)]
         for _ in range(rng.integers(1, 4) if kind else 0):
@@ -358,7 +397,7 @@ def _place_cars(rng, sc, out):
             if kind == 1:  # convoy: same lane, further away, partly hidden by the car in front
                 y2 = y - rng.uniform(0.15, 0.35) * l
                 c2, w2, _ = sc.road_at(y2)
-                cars.append((c2 + lane * w2, y2, max(7 * sc.s, l * w2 / sc.road_at(y)[1])))
+                cars.append((c2 + lane * w2, y2, sc.clamp(l * w2 / sc.road_at(y)[1], 7 * sc.s)))
             else:  # a row bumper to bumper
                 l2 = l * rng.uniform(0.9, 1.1)
                 x2 = cx + d * (l + l2) / 2 * rng.uniform(0.85, 1.0)
@@ -375,6 +414,15 @@ def _place_cars(rng, sc, out):
             return
 
 
+def _afloat(sc, x, y, length):
+    """Whether a boat at ``x`` with its keel at ``y`` lies on water: its keel, and with
+    ``whole_boats`` the water just under its deck at bow and stern."""
+    pts = [(y + 0.5, x + f * length) for f in (-0.36, 0, 0.3)]
+    if sc.style.whole_boats:
+        pts += [(y - 0.2 * length + 1.5, x + f * length) for f in (-0.5, 0.5)]
+    return sc.on(WATER, pts)
+
+
 def _place_boats(rng, sc, out):
     n, d = 1 + (rng.random() < 0.35), rng.choice([-1, 1])
     for _ in range(8):
@@ -382,10 +430,10 @@ def _place_boats(rng, sc, out):
         if p is None:
             return
         yb, cx = p
-        L = max(8 * sc.s, sc.depth(yb, cx) * rng.uniform(0.2, 0.4) * sc.W)
+        L = sc.size(sc.depth(yb, cx) * rng.uniform(0.2, 0.4) * sc.W, 8 * sc.s)
         boats = [(cx, yb, L)] + [(cx + d * rng.uniform(0.5, 0.9) * L, yb + rng.uniform(-0.05, 0.05) * L,
                                   L * rng.uniform(0.8, 1.1))] * (n - 1)
-        if all(sc.on(WATER, [(y + 0.5, x + f * l) for f in (-0.36, 0, 0.3)]) for x, y, l in boats):
+        if all(_afloat(sc, *b) for b in boats):
             for x, y, l in boats:
                 _thing(rng, sc, out, BOAT, (y - 1.05 * l - 1, x - l / 2 - 1, y + 1, x + l / 2 + 1), _boat,
                        x, y, l, d, _random_color(rng), _random_color(rng), rng.random() < 0.7)
@@ -399,7 +447,7 @@ def _place_persons(rng, sc, out):
         if p is None:
             return
         yb, cx = p
-        Hp = max(8 * sc.s, sc.depth(yb, cx) * rng.uniform(0.25, 0.45) * sc.H)
+        Hp = sc.size(sc.depth(yb, cx) * rng.uniform(0.25, 0.45) * sc.H, 8 * sc.s)
         group, x = [], cx
         for _ in range(n):
             h = Hp * rng.uniform(0.85, 1.1)
@@ -419,7 +467,7 @@ def _place_birds(rng, sc, out):
         if p is None:
             return
         cy, cx = p
-        S = sc.s * math.exp(rng.uniform(math.log(12), math.log(60)))
+        S = sc.size(sc.s * math.exp(rng.uniform(math.log(12), math.log(60))))
         birds = [(cx, cy, S)]
         if rng.random() < 0.35:  # two overlapping birds
             sx = rng.choice([-1, 1])
@@ -472,7 +520,7 @@ def _hw(size):
     return int(H), int(W)
 
 
-def render_scene(rng: np.random.Generator, size):
+def render_scene(rng: np.random.Generator, size, scene: str = "close"):
     """Render one scene with ``rng``; pure, no I/O.
 
     ``size`` is an int (square image) or ``(height, width)``. Returns ``(image uint8[H,W,3],
@@ -481,14 +529,16 @@ def render_scene(rng: np.random.Generator, size):
     id. Stuff segments have id ``category_id * 1000``, thing instances ``category_id * 1000 + k``.
     """
     H, W = _hw(size)
-    sc = _Scene(rng, H, W)
+    if scene not in SCENES:
+        raise InputError(f"unknown synthetic scene style {scene!r} (valid: {', '.join(SCENES)})")
+    sc = _Scene(rng, H, W, scene)
     _layout(rng, sc)
     img = _paint_stuff(rng, sc)
     things = []
     if rng.random() >= 0.1:  # ~10% of the images hold no things at all
         present = {c: (sc.sem == c).sum() > 0.01 * H * W for c in (ROAD, WATER, GRASS, SKY)}
         groups = ([(_place_cars, rng.integers(1, 4))] if sc.road and present[ROAD] else []) + [
-            (_place_boats, rng.integers(0, 3) if present[WATER] else 0),
+            (_place_boats, rng.integers(*sc.style.boat_groups) if present[WATER] else 0),
             (_place_persons, rng.integers(0, 3) if present[GRASS] else 0),
             (_place_birds, rng.integers(0, 3) if present[SKY] else 0),
             (_place_flock, int(rng.random() < 0.14) if present[SKY] else 0)]
@@ -496,7 +546,7 @@ def render_scene(rng: np.random.Generator, size):
             for _ in range(count):
                 place(rng, sc, things)
     things.sort(key=lambda t: t["key"])  # far (high on screen) to near: near ones occlude
-    min_area = max(6, round(6 * sc.s * sc.s))
+    min_area = max(6, round(6 * sc.s * sc.s), round((sc.min_px / 2) ** 2))
     alive = list(range(len(things)))
     while True:  # drop instances that occlusion leaves tiny; their pixels go back to what is below
         inst = np.zeros((H, W), np.int32)
@@ -530,9 +580,9 @@ def render_scene(rng: np.random.Generator, size):
 # --- writing the dataset -----------------------------------------------------------------------
 def _job(args):
     """Render and write one image; returns its COCO records (run in worker processes)."""
-    out, split, index, image_id, size, seed = args
+    out, split, index, image_id, size, seed, scene = args
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SPLIT_KEY[split], index)))
-    img, pan, segments = render_scene(rng, size)
+    img, pan, segments = render_scene(rng, size, scene)
     stem = f"{image_id:012d}"
     Image.fromarray(img).save(os.path.join(out, split, stem + ".jpg"), quality=92)
     write_panoptic_png(os.path.join(out, f"panoptic_{split}", stem + ".png"), pan)
@@ -550,7 +600,8 @@ def _job(args):
     return split, image, ann, instances
 
 
-def make_synthetic(out, num_train=200, num_val=50, size=256, seed=0, workers=None, progress=True) -> dict:
+def make_synthetic(out, num_train=200, num_val=50, size=128, seed=0, workers=None, progress=True,
+                   scene: str = "close") -> dict:
     """Write a synthetic dataset in COCO panoptic layout under ``out`` and return its paths.
 
     Layout: ``out/{train,val}/*.jpg``, ``out/panoptic_{train,val}/*.png``,
@@ -561,6 +612,8 @@ def make_synthetic(out, num_train=200, num_val=50, size=256, seed=0, workers=Non
     "panoptic_json", "panoptic_dir", "instances_json", "num_images"}}}``.
     """
     H, W = _hw(size)
+    if scene not in SCENES:
+        raise InputError(f"unknown synthetic scene style {scene!r} (valid: {', '.join(SCENES)})")
     for name, v in (("num_train", num_train), ("num_val", num_val), ("seed", seed)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
             raise InputError(f"{name} must be a non-negative integer, got {v!r}")
@@ -576,7 +629,7 @@ def make_synthetic(out, num_train=200, num_val=50, size=256, seed=0, workers=Non
     jobs, next_id = [], 1
     for split, n in splits.items():
         for i in range(n):
-            jobs.append((str(out), split, i, next_id, size_arg, int(seed)))
+            jobs.append((str(out), split, i, next_id, size_arg, int(seed), scene))
             next_id += 1
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
     workers = min(workers, max(1, len(jobs) // 4))
@@ -603,10 +656,10 @@ def make_synthetic(out, num_train=200, num_val=50, size=256, seed=0, workers=Non
             pool.close()
             pool.join()
     things = [copy.deepcopy(c) for c in SYNTHETIC_CATEGORIES if c["isthing"]]
-    result = {"root": str(out), "size": size_arg, "seed": int(seed), "splits": {}}
+    result = {"root": str(out), "size": size_arg, "seed": int(seed), "scene": scene, "splits": {}}
     for split, (images, anns, instances) in records.items():
         info = {"description": "SpatialFlow Workbench synthetic scenes", "version": "1.0",
-                "split": split, "seed": int(seed), "size": size_arg}
+                "split": split, "seed": int(seed), "size": size_arg, "scene": scene}
         licenses = [{"id": 1, "name": "Procedurally generated, public domain", "url": ""}]
         pan = {"info": info, "licenses": licenses, "images": images, "annotations": anns,
                "categories": copy.deepcopy(SYNTHETIC_CATEGORIES)}

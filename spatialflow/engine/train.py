@@ -258,7 +258,7 @@ def prepare_data(cfg: Config, run_dir: Path, rank: int = 0) -> Path:
     if rank == 0 and not (root / f"panoptic_{cfg.data.val_split}.json").is_file():
         from spatialflow.data.synthetic import make_synthetic
         s = cfg.data.synthetic
-        make_synthetic(root, s.num_train, s.num_val, s.size, s.seed, progress=True)
+        make_synthetic(root, s.num_train, s.num_val, s.size, s.seed, progress=True, scene=s.scene)
     _barrier()
     return root
 
