@@ -21,6 +21,7 @@ def test_optimizers():
 
     params = [torch.nn.Parameter(torch.zeros(2))]
     sgd = build_optimizer(params, load_config("tiny-cpu", ["train.batch_size=8",
+                                                           "train.base_batch_size=4",
                                                            "train.optimizer=sgd",
                                                            "train.lr=0.01"]))
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
@@ -28,6 +29,7 @@ def test_optimizers():
     adamw = build_optimizer(params, load_config("tiny-cpu", ["train.optimizer=adamw",
                                                              "train.lr=0.001"]))
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 1e-4
+    assert adamw.defaults["fused"]  # one kernel for all parameters
 
 
 def test_schedule_and_batches():

@@ -68,7 +68,12 @@ def test_flip_tta_is_mirror_symmetric(model):
     assert (b["sem_seg"].flip(-1) == a["sem_seg"]).float().mean() > 0.999
     assert torch.allclose(b["scores"], a["scores"], atol=1e-6)
     assert torch.allclose(flip_boxes(b["boxes"], 128), a["boxes"], atol=1e-4)
-    assert torch.allclose(b["masks"].flip(-1), a["masks"], atol=1e-5)
+    # the masks, but for boxes at the left or right edge: torchvision's pasting (whose values
+    # paste_masks keeps) rounds box corners toward zero, so a box reaching past x = 0 is pasted
+    # one pixel narrower than its mirror reaching past the right edge
+    inner = (a["boxes"][:, 0] > 0) & (a["boxes"][:, 2] < 128)
+    assert inner.sum() >= 10
+    assert torch.allclose(b["masks"].flip(-1)[inner], a["masks"][inner], atol=1e-5)
 
 
 def test_multi_scale_flip_averages_stuff_and_pools_detections(model):

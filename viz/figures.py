@@ -8,7 +8,7 @@
 
 The models come from :func:`spatialflow.studies.run_study` over Table V's variants in the
 study folder that notebooks 02, 03, 05 and 06 share: runs already there are re-used, missing
-ones are trained (about 8 minutes each at 300 iterations on 2 cores). ``figures.json`` beside
+ones are trained (about 3 minutes each at 300 iterations on 2 cores). ``figures.json`` beside
 the pictures records the rows and the command that made them.
 """
 
