@@ -144,6 +144,19 @@ def conv_peak(height: int, width: int, channels: int = 256, repeat: int = 5,
             "seconds": t["median"], "gflop_per_s": flops / 1e9 / t["median"]}
 
 
+def p3_shape(short: int) -> Tuple[int, int]:
+    """``(H, W)`` of P3 (stride 8) for the 4:3 image of shorter edge ``short``."""
+    h, w = image_shape(short)
+    return -(-h // 8), -(-w // 8)
+
+
+def conv_rate(short: int = 800, repeat: int = 5, device: str = "cpu") -> dict:
+    """The machine's convolution rate: :func:`conv_peak` at the P3 shape of a ``short`` px
+    image, the faster of NCHW and channels_last."""
+    return max((conv_peak(*p3_shape(short), repeat=repeat, channels_last=cl, device=device)
+                for cl in (False, True)), key=lambda r: r["gflop_per_s"])
+
+
 # --- the models -------------------------------------------------------------------------------
 def spatialflow_variants() -> Dict[str, Tuple[str, ...]]:
     """The SpatialFlow models compared: all flows, without flows, the naive baseline."""
@@ -272,7 +285,7 @@ def run_inference_bench(sizes: Sequence[int] = SIZES, repeat: int = 3,
         h, w = image_shape(size)
         image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(size))
         for layout in (False, True):
-            peak.append({"size": size, **conv_peak(-(-h // 8), -(-w // 8), repeat=repeat,
+            peak.append({"size": size, **conv_peak(*p3_shape(size), repeat=repeat,
                                                     channels_last=layout, device=device)})
         for name in names:
             if progress:

@@ -105,13 +105,7 @@ def cmd_bench(args) -> int:
             args.sizes, args.repeat, args.threads, args.device, args.models, args.preset)
         show("Inference", benchmark.format_inference(result["inference"]))
     if args.training != "none":
-        # the machine's convolution rate: one 3x3 256->256 conv at the P3 shape of an 800 px
-        # image (as in the inference table), the faster of the two memory layouts
-        h, w = benchmark.image_shape(800)
-        result["conv_rate"] = max(
-            (benchmark.conv_peak(-(-h // 8), -(-w // 8), repeat=args.repeat, channels_last=cl,
-                                 device=args.device) for cl in (False, True)),
-            key=lambda r: r["gflop_per_s"])
+        result["conv_rate"] = benchmark.conv_rate(800, args.repeat, args.device)
         rows = []
         for label, preset, overrides, size, batch in benchmark.TRAINING:
             if args.training == "tiny" and preset != "tiny-cpu":

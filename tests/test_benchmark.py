@@ -30,6 +30,9 @@ def test_median_time_and_flops():
     peak = B.conv_peak(8, 8, channels=16, repeat=2, channels_last=True)
     assert peak["gflops"] == pytest.approx(2 * 16 * 16 * 9 * 64 / 1e9)
     assert peak["gflop_per_s"] > 0 and peak["layout"] == "channels_last"
+    assert B.p3_shape(800) == (100, 134)  # 800 x 1067 at stride 8, rounded up
+    rate = B.conv_rate(64, repeat=1)  # the faster layout at P3 of 64 x 85
+    assert rate["shape"] == "8x11" and rate["layout"] in ("NCHW", "channels_last")
 
 
 def test_stage_timer_times_modules_and_methods_and_unhooks():

@@ -74,6 +74,13 @@ SCENES = {"wide": SceneStyle(), "close": SceneStyle(2.0, 0.1, 0.5, whole_boats=T
                                                       boat_groups=(1, 4))}
 
 
+def scene_style(scene: str) -> SceneStyle:
+    """The :class:`SceneStyle` named ``scene``; an unknown name is an ``InputError``."""
+    if scene not in SCENES:
+        raise InputError(f"unknown synthetic scene style {scene!r} (valid: {', '.join(SCENES)})")
+    return SCENES[scene]
+
+
 # --- geometry primitives, evaluated on a local grid (ys: [h,1], xs: [1,w] pixel centres) -------
 def _disk(ys, xs, cy, cx, r):
     return (ys - cy) ** 2 + (xs - cx) ** 2 <= r * r
@@ -187,10 +194,10 @@ def _person(ys, xs, cx, yb, Hp, rgb, skin):
 class _Scene:
     """Per-image state: size, horizon, stuff map, noise fields, road parameters."""
 
-    def __init__(self, rng, H, W, scene="close"):
+    def __init__(self, rng, H, W, style: "SceneStyle"):
         self.H, self.W, self.s = H, W, min(H, W) / 256.0
         # thing sizes: ``zoom`` x their size in the wide scenes, within [min_px, max_px]
-        self.style = style = SCENES[scene]
+        self.style = style
         self.zoom, self.min_px, self.max_px = (style.zoom, style.min_frac * min(H, W),
                                                style.max_frac * min(H, W))
         self.Y = np.arange(H, dtype=np.float32)[:, None] + 0.5
@@ -529,9 +536,7 @@ def render_scene(rng: np.random.Generator, size, scene: str = "close"):
     id. Stuff segments have id ``category_id * 1000``, thing instances ``category_id * 1000 + k``.
     """
     H, W = _hw(size)
-    if scene not in SCENES:
-        raise InputError(f"unknown synthetic scene style {scene!r} (valid: {', '.join(SCENES)})")
-    sc = _Scene(rng, H, W, scene)
+    sc = _Scene(rng, H, W, scene_style(scene))
     _layout(rng, sc)
     img = _paint_stuff(rng, sc)
     things = []
@@ -612,8 +617,7 @@ def make_synthetic(out, num_train=200, num_val=50, size=128, seed=0, workers=Non
     "panoptic_json", "panoptic_dir", "instances_json", "num_images"}}}``.
     """
     H, W = _hw(size)
-    if scene not in SCENES:
-        raise InputError(f"unknown synthetic scene style {scene!r} (valid: {', '.join(SCENES)})")
+    scene_style(scene)  # an unknown style fails before any file is touched
     for name, v in (("num_train", num_train), ("num_val", num_val), ("seed", seed)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
             raise InputError(f"{name} must be a non-negative integer, got {v!r}")
