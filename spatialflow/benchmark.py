@@ -127,21 +127,34 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 
 def conv_peak(height: int, width: int, channels: int = 256, repeat: int = 5,
-              channels_last: bool = False, device: str = "cpu") -> dict:
+              channels_last: bool = False, device: str = "cpu",
+              dtype: Optional[torch.dtype] = None) -> dict:
     """This machine's rate on one 3x3 ``channels`` -> ``channels`` convolution of a
-    ``[1, channels, height, width]`` input (e.g. P3 of an image): ``{"gflops", "seconds",
-    "gflop_per_s", "layout"}``."""
+    ``[1, channels, height, width]`` input (e.g. P3 of an image), in float32 or under autocast
+    to ``dtype``: ``{"gflops", "seconds", "gflop_per_s", "layout", "precision"}``."""
+    from spatialflow.engine.train import autocast
+
     conv = nn.Conv2d(channels, channels, 3, padding=1).to(device).eval()
     x = torch.randn(1, channels, height, width, device=device)
     if channels_last:
         conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(
             memory_format=torch.channels_last)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, dtype):
         flops = count_flops(lambda: conv(x))
         t = median_time(lambda: conv(x), repeat, 1, device)
     return {"layout": "channels_last" if channels_last else "NCHW", "shape": f"{height}x{width}",
-            "gflops": flops / 1e9,
+            "precision": precision_name(dtype), "gflops": flops / 1e9,
             "seconds": t["median"], "gflop_per_s": flops / 1e9 / t["median"]}
+
+
+def precision_name(dtype: Optional[torch.dtype]) -> str:
+    """``"float32"``, or the autocast dtype's name (``"bfloat16"``, ``"float16"``)."""
+    return "float32" if dtype is None else str(dtype).replace("torch.", "")
+
+
+def precision_dtype(name: str) -> Optional[torch.dtype]:
+    """The autocast dtype of a :func:`precision_name` (``None`` for ``"float32"``)."""
+    return None if name == "float32" else getattr(torch, name)
 
 
 def p3_shape(short: int) -> Tuple[int, int]:
@@ -150,11 +163,12 @@ def p3_shape(short: int) -> Tuple[int, int]:
     return -(-h // 8), -(-w // 8)
 
 
-def conv_rate(short: int = 800, repeat: int = 5, device: str = "cpu") -> dict:
+def conv_rate(short: int = 800, repeat: int = 5, device: str = "cpu",
+              dtype: Optional[torch.dtype] = None) -> dict:
     """The machine's convolution rate: :func:`conv_peak` at the P3 shape of a ``short`` px
-    image, the faster of NCHW and channels_last."""
-    return max((conv_peak(*p3_shape(short), repeat=repeat, channels_last=cl, device=device)
-                for cl in (False, True)), key=lambda r: r["gflop_per_s"])
+    image (in float32 or under autocast to ``dtype``), the faster of NCHW and channels_last."""
+    return max((conv_peak(*p3_shape(short), repeat=repeat, channels_last=cl, device=device,
+                          dtype=dtype) for cl in (False, True)), key=lambda r: r["gflop_per_s"])
 
 
 # --- the models -------------------------------------------------------------------------------
@@ -382,7 +396,7 @@ def _training_child(preset: str, overrides: Sequence[str], size: int, batch: int
     from spatialflow.data.coco_panoptic import CocoPanopticDataset, collate_panoptic
     from spatialflow.data.synthetic import make_synthetic
     from spatialflow.data.transforms import build_transforms
-    from spatialflow.engine.train import build_optimizer
+    from spatialflow.engine.train import amp_dtype, autocast, build_optimizer
     from spatialflow.model.spatialflow import build_model
 
     if threads:
@@ -406,8 +420,11 @@ def _training_child(preset: str, overrides: Sequence[str], size: int, batch: int
     targets = [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
                for t in targets]
 
+    dtype = amp_dtype(device, cfg.train.amp)  # as train() does
+
     def step():
-        loss = sum(model(images, targets).values())
+        with autocast(device, dtype):
+            loss = sum(v.float() for v in model(images, targets).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -417,7 +434,7 @@ def _training_child(preset: str, overrides: Sequence[str], size: int, batch: int
     peak_gpu = (torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
                 if device.startswith("cuda") else None)
     return {"preset": preset, "overrides": list(overrides), "size": list(images.tensors.shape[-2:]),
-            "batch": batch, "step_s": t["median"], "images_per_s": batch / t["median"],
+            "batch": batch, "precision": precision_name(dtype), "step_s": t["median"], "images_per_s": batch / t["median"],
             "gflops_per_step": flops / 1e9, "gflop_per_s": flops / 1e9 / t["median"],
             "peak_rss_mb": peak_rss_mb(),
             "peak_gpu_mb": peak_gpu, "threads": torch.get_num_threads(), "device": device}
@@ -425,16 +442,23 @@ def _training_child(preset: str, overrides: Sequence[str], size: int, batch: int
 
 def training_throughput(preset: str = "tiny-cpu", overrides: Sequence[str] = (),
                         size: int = 256, batch: int = 4, steps: int = 5, warmup: int = 1,
-                        threads: Optional[int] = None, device: str = "cpu") -> dict:
+                        threads: Optional[int] = None, device: str = "cpu",
+                        processes: int = 1) -> dict:
     """Training images per second (median step) and peak resident memory (MiB, of a fresh
     process that builds the model and trains it) of a preset at ``size`` px, ``batch`` images a
-    step; on CUDA also the peak GPU memory allocated."""
+    step; on CUDA also the peak GPU memory allocated. ``processes`` > 1: that many processes
+    train side by side (as a study's runs do), each with an equal share of this process's
+    threads unless ``threads`` is given; the row is the slowest one's."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_training_child, preset, tuple(overrides), size, batch, steps,
-                           warmup, threads, device).result()
+    if processes > 1 and threads is None:
+        threads = max(1, torch.get_num_threads() // processes)
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        rows = [f.result() for f in [pool.submit(_training_child, preset, tuple(overrides), size,
+                                                 batch, steps, warmup, threads, device)
+                                     for _ in range(processes)]]
+    return max(rows, key=lambda r: r["step_s"])
 
 
 #: a real run's iterations per second over those of :func:`training_throughput`'s step: the
@@ -548,24 +572,26 @@ TRAINING = (("tiny-cpu, 128 px, batch 8", "tiny-cpu", (), 128, 8),
             ("R50 (r50-coco), 512 px, batch 2", "r50-coco", ("data.max_size=1024",), 512, 2))
 
 
-def format_training(rows: Sequence[dict], conv_rate: Optional[dict] = None) -> str:
+def format_training(rows: Sequence[dict], conv_rates: Optional[Dict[str, dict]] = None) -> str:
     """Markdown table of :func:`training_throughput` rows (with a ``label``); with the
-    machine's ``conv_rate`` (a :func:`conv_peak` row) each step's GFLOP/s is also given as a
-    share of it."""
-    lines = ["| training | input | images/s | s/step | GFLOP/step | GFLOP/s | of conv rate | "
-             "peak RSS (MiB) | peak GPU (MiB) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    machine's convolution rates (``{precision: conv_peak row}``, :func:`conv_rate`) each
+    step's GFLOP/s is also given as a share of the rate in the step's own precision."""
+    lines = ["| training | input | precision | images/s | s/step | GFLOP/step | GFLOP/s | "
+             "of conv rate | peak RSS (MiB) | peak GPU (MiB) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         gpu = "-" if r.get("peak_gpu_mb") is None else f"{r['peak_gpu_mb']:.0f}"
-        share = "-" if conv_rate is None else f"{100 * r['gflop_per_s'] / conv_rate['gflop_per_s']:.0f}%"
+        precision = r.get("precision", "float32")
+        rate = (conv_rates or {}).get(precision)
+        share = "-" if rate is None else f"{100 * r['gflop_per_s'] / rate['gflop_per_s']:.0f}%"
         lines.append(f"| {r.get('label', r['preset'])} | {r['size'][0]}x{r['size'][1]} x "
-                     f"{r['batch']} | {r['images_per_s']:.2f} | {r['step_s']:.2f} | "
+                     f"{r['batch']} | {precision} | {r['images_per_s']:.2f} | {r['step_s']:.2f} | "
                      f"{r['gflops_per_step']:.1f} | {r['gflop_per_s']:.0f} | {share} | "
                      f"{r['peak_rss_mb']:.0f} | {gpu} |")
-    if conv_rate is not None:
-        lines.append(f"\nThe machine's convolution rate: {conv_rate['gflop_per_s']:.0f} GFLOP/s "
-                     f"(one 3x3 256->256 conv of a 256 x {conv_rate['shape']} input, "
-                     f"{conv_rate['layout']}, forward).")
+    for precision, rate in (conv_rates or {}).items():
+        lines.append(f"\nThe machine's convolution rate in {precision}: {rate['gflop_per_s']:.0f} "
+                     f"GFLOP/s (one 3x3 256->256 conv of a 256 x {rate['shape']} input, "
+                     f"{rate['layout']}, forward).")
     return "\n".join(lines)
 
 

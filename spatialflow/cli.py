@@ -105,17 +105,21 @@ def cmd_bench(args) -> int:
             args.sizes, args.repeat, args.threads, args.device, args.models, args.preset)
         show("Inference", benchmark.format_inference(result["inference"]))
     if args.training != "none":
-        result["conv_rate"] = benchmark.conv_rate(800, args.repeat, args.device)
-        rows = []
+        result["conv_rates"], rows = {}, []  # per precision, as the training steps use them
         for label, preset, overrides, size, batch in benchmark.TRAINING:
             if args.training == "tiny" and preset != "tiny-cpu":
                 continue
             print(f"training: {label}", flush=True)
             rows.append({"label": label, **benchmark.training_throughput(
                 preset, overrides, size, batch, threads=args.threads, device=args.device)})
-            rows[-1]["conv_ratio"] = rows[-1]["gflop_per_s"] / result["conv_rate"]["gflop_per_s"]
+            precision = rows[-1]["precision"]
+            if precision not in result["conv_rates"]:
+                result["conv_rates"][precision] = benchmark.conv_rate(
+                    800, args.repeat, args.device, benchmark.precision_dtype(precision))
+            rows[-1]["conv_ratio"] = (rows[-1]["gflop_per_s"]
+                                      / result["conv_rates"][precision]["gflop_per_s"])
         result["training"] = rows
-        show("Training", benchmark.format_training(rows, result["conv_rate"]))
+        show("Training", benchmark.format_training(rows, result["conv_rates"]))
     if args.minutes:
         with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
             seeds = ", ".join(map(str, args.seeds))

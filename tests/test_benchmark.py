@@ -33,6 +33,11 @@ def test_median_time_and_flops():
     assert B.p3_shape(800) == (100, 134)  # 800 x 1067 at stride 8, rounded up
     rate = B.conv_rate(64, repeat=1)  # the faster layout at P3 of 64 x 85
     assert rate["shape"] == "8x11" and rate["layout"] in ("NCHW", "channels_last")
+    assert rate["precision"] == "float32"
+    half = B.conv_rate(64, repeat=1, dtype=torch.bfloat16)  # under autocast, as bf16 training
+    assert half["precision"] == "bfloat16" and half["gflops"] == rate["gflops"]
+    assert [B.precision_dtype(B.precision_name(d)) for d in (None, torch.bfloat16)] == [
+        None, torch.bfloat16]
 
 
 def test_stage_timer_times_modules_and_methods_and_unhooks():
@@ -118,12 +123,16 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, capsys):
 
 def test_training_and_quality_tables():
     row = {"label": "x", "preset": "tiny-cpu", "size": [256, 256], "batch": 4,
-           "images_per_s": 2.5, "step_s": 1.6, "gflops_per_step": 92.8, "gflop_per_s": 58.0,
-           "peak_rss_mb": 900.4, "peak_gpu_mb": None}
-    rate = {"layout": "NCHW", "shape": "100x134", "gflop_per_s": 72.5}
-    text = B.format_training([row], rate)
-    assert "| x | 256x256 x 4 | 2.50 | 1.60 | 92.8 | 58 | 80% | 900 | - |" in text
-    assert "convolution rate: 72 GFLOP/s" in text and "256 x 100x134 input, NCHW" in text
+           "precision": "bfloat16", "images_per_s": 2.5, "step_s": 1.6, "gflops_per_step": 92.8,
+           "gflop_per_s": 58.0, "peak_rss_mb": 900.4, "peak_gpu_mb": None}
+    rates = {"bfloat16": {"layout": "NCHW", "shape": "100x134", "gflop_per_s": 72.5},
+             "float32": {"layout": "channels_last", "shape": "100x134", "gflop_per_s": 29.0}}
+    text = B.format_training([row, dict(row, label="y", precision="float32")], rates)
+    # each step against the rate in its own precision
+    assert "| x | 256x256 x 4 | bfloat16 | 2.50 | 1.60 | 92.8 | 58 | 80% | 900 | - |" in text
+    assert "| y | 256x256 x 4 | float32 | 2.50 | 1.60 | 92.8 | 58 | 200% | 900 | - |" in text
+    assert "convolution rate in bfloat16: 72 GFLOP/s" in text
+    assert "256 x 100x134 input, NCHW" in text and "in float32: 29 GFLOP/s" in text
     assert "| 58 | - | 900 |" in B.format_training([row])
     run = {"pq": 20.0, "pq_th": 0.0, "pq_st": 40.0, "ap": 0.1}
     text = B.format_quality({"runs": [
@@ -152,6 +161,14 @@ def test_training_throughput_in_a_fresh_process():
     assert row["batch"] == 2 and row["size"] == [128, 128]  # padded to a multiple of 128
     assert row["images_per_s"] > 0 and row["step_s"] > 0
     assert 100 < row["peak_rss_mb"] < 8000 and row["peak_gpu_mb"] is None
+    assert row["precision"] in ("float32", "bfloat16")  # tiny-cpu: bf16 where the CPU has it
+
+
+def test_training_throughput_side_by_side():
+    """Two processes train at once, one thread each; the row is the slower one's."""
+    row = B.training_throughput("tiny-cpu", ["model.fpn_channels=16", "train.amp=false"],
+                                size=64, batch=2, steps=1, warmup=0, processes=2)
+    assert row["threads"] == 1 and row["precision"] == "float32" and row["step_s"] > 0
 
 
 def test_quality_per_minute_trains_one_run_per_mark_and_seed(tmp_path):

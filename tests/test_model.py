@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 import torch
+import torchvision
 from torchvision.ops import DeformConv2d, box_iou
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -241,6 +242,18 @@ def test_backbone_options(tmp_path):
         build_backbone("resnet18", 32, "frozen_bn", pretrained=str(tmp_path / "odd.pth"))
     with pytest.raises(InputError, match="not found"):
         build_backbone("resnet18", 32, "frozen_bn", pretrained=str(tmp_path / "none.pth"))
+
+
+def test_resnet10_is_torchvisions_resnet_with_one_block_a_stage():
+    bb = build_backbone("resnet10", 32, "gn")
+    assert [len(getattr(bb.body, f"layer{k}")) for k in range(1, 5)] == [1, 1, 1, 1]
+    assert isinstance(bb.body.layer2[0], torchvision.models.resnet.BasicBlock)
+    feats = bb(torch.zeros(1, 3, 128, 128))
+    assert [tuple(f.shape[-2:]) for f in feats.values()] == [(16, 16), (8, 8), (4, 4), (2, 2),
+                                                           (1, 1)]
+    assert all(f.shape[1] == 32 for f in feats.values())
+    with pytest.raises(ValueError, match="unknown backbone 'resnet9'"):
+        build_backbone("resnet9", 32, "gn")
 
 
 # --- it learns -------------------------------------------------------------------------------

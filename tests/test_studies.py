@@ -10,9 +10,9 @@ from spatialflow.data.coco_panoptic import CocoPanopticDataset
 from spatialflow.data.synthetic import make_synthetic
 from spatialflow.model import build_model
 from spatialflow.studies import (PAPER, Variant, components_variants, config_key,
-                                 describe_differences, describe_speed, fig4_variants,
-                                 flows_variants, format_summary, format_table, lambda_variants,
-                                 run_study, slug, speed_points, speed_vs_scale, summarize,
+                                 describe_differences, describe_plan, describe_speed,
+                                 fig4_variants, flows_variants, format_summary, format_table,
+                                 lambda_variants, plan_study, run_study, slug, speed_points, speed_vs_scale, summarize,
                                  table_xi_scales)
 
 FLOWS = ("reg_to_cls", "reg_to_stuff", "reg_to_thing", "stuff_to_thing")
@@ -90,6 +90,29 @@ def test_run_study_trains_each_run_once_and_caches(data_root, tmp_path):
     same = run_study([Variant("other name", ("model.flows.reg_to_cls=false",))], [1],
                      tmp_path / "study", overrides=fast, progress=False, train_fn=must_not_train)
     assert same[0]["run"] == rows[1]["run"] and same[0]["pq"] == rows[1]["pq"]
+
+
+def test_run_study_side_by_side_after_saying_what_it_will_do(data_root, tmp_path):
+    fast = [f"data.root={data_root}", "data.min_size=[64]", "data.test_size=64",
+            "data.num_workers=0", "train.max_iters=2", "train.batch_size=2",
+            "train.base_batch_size=2", "train.warmup_iters=0", "infer.stuff_area=0"]
+    variants = [Variant("no flows", ("model.flows.reg_to_cls=false",)), Variant("flows")]
+    plan = plan_study(variants, [0, 1], tmp_path / "s", overrides=fast, workers=2, measure=False)
+    assert plan == {"runs": 4, "to_train": 4, "iterations": 8, "workers": 2, "minutes": None}
+    assert describe_plan(plan) == "4 of 4 runs to train (0 cached), 2 at a time, 8 iterations in all."
+    measured = plan_study(variants, [0, 1], tmp_path / "s", overrides=fast, workers=2)
+    assert measured["minutes"] > 0 and "minutes of training on this machine" in describe_plan(
+        measured)
+    rows = run_study(variants, [0, 1], tmp_path / "s", overrides=fast, progress=False, workers=2)
+    assert [(r["variant"], r["seed"]) for r in rows] == [("no flows", 0), ("no flows", 1),
+                                                         ("flows", 0), ("flows", 1)]
+    for r in rows:
+        assert (Path(r["run"]) / "eval" / "final" / "metrics.json").is_file()
+        assert load_config(f"{r['run']}/config.yaml").train.seed == r["seed"]
+        assert 0 <= r["pq"] <= 100
+    done = plan_study(variants, [0, 1], tmp_path / "s", overrides=fast, workers=2)
+    assert done["to_train"] == 0 and done["minutes"] is None
+    assert describe_plan(done) == "All 4 runs are already trained: reading them back."
 
 
 def test_speed_vs_scale(data_root, tmp_path):

@@ -1,6 +1,6 @@
 """Regenerate the pictures the README shows, from the package's own code (``make figures``)::
 
-    python -m viz.figures [--out docs/figures] [--study runs/studies] [--seeds 0 1]
+    python -m viz.figures [--out docs/figures] [--study runs/studies] [--seeds 0 1 2]
 
 * ``overlay.png``: ground truth | prediction of the full model on val images;
 * ``cam_pair.png``: paper Fig. 5, cls- and stuff-head Grad-CAM with and without spatial flows;
@@ -8,8 +8,8 @@
 
 The models come from :func:`spatialflow.studies.run_study` over Table V's variants in the
 study folder that notebooks 02, 03, 05 and 06 share: runs already there are re-used, missing
-ones are trained (about 3 minutes each at 300 iterations on 2 cores). ``figures.json`` beside
-the pictures records the rows and the command that made them.
+ones are trained, two side by side (on 2 cores the 12 runs of 800 iterations take about 45
+minutes). ``figures.json`` beside the pictures records the rows and the command that made them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from PIL import Image
 from spatialflow.data.coco_panoptic import CocoPanopticDataset
 from spatialflow.engine.predict import predict_image, to_tensor
 from spatialflow.engine.train import load_run
-from spatialflow.studies import QUICK_OVERRIDES, components_variants, run_study
+from spatialflow.studies import (QUICK_OVERRIDES, components_variants, describe_plan, plan_study,
+                                 run_study)
 from viz.cam import cam_examples, flows_comparison_figure
 from viz.plots import ablation_bars
 from viz.widgets import render_view
@@ -35,16 +36,20 @@ FIGURES = ("overlay.png", "cam_pair.png", "ablation.png")
 
 
 def make_figures(out, study="runs/studies", base: str = "tiny-cpu",
-                 overrides: Sequence[str] = ("train.max_iters=300",),
-                 seeds: Sequence[int] = (0, 1), images: int = 2, split: Optional[str] = None,
-                 progress: bool = True, dpi: int = 100) -> Dict[str, Path]:
+                 overrides: Sequence[str] = ("train.max_iters=800",),
+                 seeds: Sequence[int] = (0, 1, 2), images: int = 2, split: Optional[str] = None,
+                 progress: bool = True, dpi: int = 100, workers: int = 2) -> Dict[str, Path]:
     """Write :data:`FIGURES` into ``out`` from the Table V runs of ``study`` (trained there
     if missing, ``overrides`` applied to ``base``); the overlay and the CAMs show the first
     ``images`` images of ``split`` (default: the val split) that have a thing and a stuff
-    segment, with the first seed's models. Returns ``{name: path}``."""
+    segment, with the first seed's models; ``workers`` runs train side by side. Returns
+    ``{name: path}``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = run_study(components_variants(), seeds, study, base, overrides, progress)
+    variants = components_variants()
+    if progress:
+        print(describe_plan(plan_study(variants, seeds, study, base, overrides, workers)))
+    rows = run_study(variants, seeds, study, base, overrides, progress, workers=workers)
     run = {r["variant"]: r["run"] for r in rows if r["seed"] == seeds[0]}
     cfg, model, categories = load_run(run["+ both"])
     without = load_run(run["+ sub-networks"])[1]
@@ -82,8 +87,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", default="docs/figures", help="folder of the PNGs")
     p.add_argument("--study", default="runs/studies", help="the study folder (runs re-used)")
     p.add_argument("--preset", default="tiny-cpu")
-    p.add_argument("--iters", type=int, default=300, help="training iterations per run")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--iters", type=int, default=800, help="training iterations per run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--workers", type=int, default=2, help="runs trained side by side")
     p.add_argument("--images", type=int, default=2, help="images in the overlay")
     p.add_argument("--split", default=None, help="split of the shown images (default val)")
     p.add_argument("--quick", action="store_true",
@@ -91,7 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = p.parse_args(argv)
     overrides = list(QUICK_OVERRIDES) if a.quick else [f"train.max_iters={a.iters}"]
     paths = make_figures(a.out, a.study, a.preset, overrides, a.seeds, a.images, a.split,
-                         progress=not a.quick)
+                         progress=not a.quick, workers=a.workers)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0

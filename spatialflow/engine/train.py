@@ -131,6 +131,31 @@ def build_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
                            weight_decay=t.weight_decay)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bfloat16
+    is emulated and slower than float32."""
+    checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported",
+                                                          "_is_amx_tile_supported"))
+    return any(check() for check in checks if check is not None)
+
+
+def amp_dtype(device: str, enabled: bool = True) -> Optional[torch.dtype]:
+    """The autocast dtype of mixed-precision training (``train.amp``): float16 on CUDA (with
+    loss scaling), bfloat16 on a CPU that computes it natively (:func:`cpu_has_bf16`; on
+    others training stays in float32), ``None`` when off."""
+    if not enabled:
+        return None
+    if device.startswith("cuda"):
+        return torch.float16
+    return torch.bfloat16 if device == "cpu" and cpu_has_bf16() else None
+
+
+def autocast(device: str, dtype: Optional[torch.dtype]):
+    """``torch.autocast`` for the device of ``device`` to ``dtype`` (:func:`amp_dtype`);
+    disabled when ``dtype`` is ``None``."""
+    return torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None)
+
+
 def scaled_lr(cfg: Config) -> float:
     """The linear scaling rule: ``train.lr`` is for ``train.base_batch_size`` images."""
     return cfg.train.lr * cfg.train.batch_size / cfg.train.base_batch_size
@@ -361,8 +386,9 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
     total = t.max_iters or t.epochs * batches.per_epoch
     milestones = [int(round(m * total)) for m in t.milestones]
     scheduler = lr_scheduler(optimizer, min(t.warmup_iters, total), milestones)
-    use_amp = t.amp and device.startswith("cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    dtype = amp_dtype(device, t.amp)
+    use_scaler = dtype == torch.float16  # loss scaling: float16 only (bfloat16 has float32's range)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     start, bad_steps = 0, 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -429,8 +455,8 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
                     break
                 skipped += sum(len(x.get("skipped", ())) for x in targets)
                 images, targets = images.to(device), _to(targets, device)
-                with torch.autocast("cuda", enabled=use_amp):
-                    losses = model(images, targets)
+                with autocast(device, dtype):
+                    losses = {k: v.float() for k, v in model(images, targets).items()}
                     loss = sum(losses.values())
                 optimizer.zero_grad(set_to_none=True)
                 bad = nonfinite_terms(losses)
@@ -443,7 +469,7 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
                         scaler.unscale_(optimizer)
                         norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad)
                     # (AMP's scaler skips non-finite gradients itself)
-                    if not use_amp and not grads_finite(params, norm):
+                    if not use_scaler and not grads_finite(params, norm):
                         bad = ["gradient"]
                 if bad:
                     bad_steps += 1

@@ -13,6 +13,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from spatialflow.config import BACKBONES
 from spatialflow.errors import InputError
 from spatialflow.model.weights import load_state
 
@@ -47,27 +48,36 @@ def load_backbone_weights(body: nn.Module, path) -> None:
     load_state(body, state, f"{path} (ResNet weights)", ignore=("fc.",))
 
 
+def resnet(name: str, norm_layer) -> models.ResNet:
+    """torchvision's ResNet ``name`` without weights. ``"resnet10"`` is torchvision's
+    :class:`~torchvision.models.ResNet` with one basic block per stage (ResNet-18 has two): the
+    same stem, strides and widths at about 60% of ResNet-18's convolution work."""
+    if name == "resnet10":
+        return models.ResNet(models.resnet.BasicBlock, [1, 1, 1, 1], norm_layer=norm_layer)
+    return getattr(models, name)(weights=None, norm_layer=norm_layer)
+
+
 def build_backbone(name: str = "resnet50", fpn_channels: int = 256, norm: str = "frozen_bn",
                    pretrained: Optional[str] = None, freeze_stem: bool = False) -> BackboneWithFPN:
-    """torchvision ResNet (``weights=None``) + FPN with outputs ``p3..p7``.
+    """torchvision ResNet (``weights=None``; :func:`resnet`) + FPN with outputs ``p3..p7``.
 
     ``norm``: ``"frozen_bn"`` (the paper, with pretrained weights), ``"bn"`` or ``"gn"`` (for
     training from scratch). ``pretrained``: a local ``state_dict`` file for the ResNet.
     ``freeze_stem``: conv1 (and its norm) get no gradient.
     """
-    if name not in ("resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d"):
+    if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}")
     if norm == "frozen_bn" and pretrained is None:
         warnings.warn("frozen BatchNorm without pretrained weights leaves the backbone "
                       "unnormalised; pass model.pretrained=PATH or use model.backbone_norm=gn",
                       stacklevel=2)
-    body = getattr(models, name)(weights=None, norm_layer=_norm_layer(norm))
+    body = resnet(name, _norm_layer(norm))
     if pretrained is not None:
         load_backbone_weights(body, pretrained)
     if freeze_stem:
         for module in (body.conv1, body.bn1):
             module.requires_grad_(False)
-    expansion = 4 if name not in ("resnet18", "resnet34") else 1
+    expansion = 1 if name in ("resnet10", "resnet18", "resnet34") else 4
     c3, c4, c5 = (128 * expansion, 256 * expansion, 512 * expansion)
     fpn = BackboneWithFPN(
         body,
