@@ -205,7 +205,10 @@ def test_cls_cam_is_on_the_object(trained):
     far = gap > 24                                     # > 24 px away from the box
     cam = C.compute_cam(model, image, "cls", C.ClassScoreTarget(CATS.thing_index(1)))
     assert cam.std() > 0.1
-    assert cam[inside].mean() > 0.5 > 3 * cam[far].mean(), (cam[inside].mean(), cam[far].mean())
+    # the heat is on the object: its peak inside the box, the box 10x hotter than far away
+    assert inside[np.unravel_index(cam.argmax(), cam.shape)]
+    assert cam[inside].mean() > max(0.3, 10 * cam[far].mean()), (cam[inside].mean(),
+                                                                 cam[far].mean())
     assert model.training
 
 
@@ -258,15 +261,17 @@ def test_overlay_and_flows_figure():
     assert over[:, :64, 2].mean() > over[:, 64:, 2].mean() + 50
     models = {"with flows": tiny(), "without flows": tiny(*NO_FLOWS)}
     fig = C.flows_comparison_figure(image, models, CATS, thing_class=3, stuff_class=149)
-    assert isinstance(fig, Figure) and len(fig.axes) == 6
+    assert isinstance(fig, Figure) and len(fig.axes) == 7  # 6 panels and the colour bar
+    assert fig.axes[6].get_ylabel() == C.CAM_SCALE == "CAM, each map scaled to [0, 1]"
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:3] == ["image", "cls CAM: car", "stuff CAM: road"]
     assert [fig.axes[i].get_ylabel() for i in (0, 3)] == ["with flows", "without flows"]
     assert all(not hooks_left(m) for m in models.values())
     fig = C.levels_figure(image, models["with flows"], "stuff", 0, title="stuff head")
-    assert [ax.get_title() for ax in fig.axes] == ["combined", "P3", "P4", "P5"]
+    assert [ax.get_title() for ax in fig.axes] == ["combined", "P3", "P4", "P5", ""]
+    assert fig.axes[-1].get_ylabel() == C.CAM_SCALE
     assert fig._suptitle.get_text() == "stuff head"
-    assert len(C.levels_figure(image, models["with flows"], "cls").axes) == 6
+    assert len(C.levels_figure(image, models["with flows"], "cls").axes) == 7
 
 
 def test_largest_classes_picks_the_largest_thing_and_stuff():

@@ -23,3 +23,14 @@ def test_figures_are_written_from_study_runs(tmp_path, capsys):
     overlay = Image.open(out / "overlay.png")
     assert overlay.height > 2 * 128  # two images, each ground truth | prediction
     assert len(list(study.glob("*/seed0/model_final.pt"))) == 4  # cached for the notebooks
+
+
+def test_quality_figure_from_a_bench_json(tmp_path):
+    from viz.figures import quality_figure
+
+    runs = [{"minutes": t, "seed": s, "pq": 20.0 * t, "pq_th": 3.0 * t + s}
+            for t in (2, 10) for s in (0, 1, 2)]
+    (tmp_path / "bench.json").write_text(json.dumps({"quality": {"runs": runs}}))
+    path = quality_figure(tmp_path / "bench.json", tmp_path)
+    image = np.asarray(Image.open(path).convert("RGB"))
+    assert path.name == "quality_per_minute.png" and image.shape[1] > 400 and image.std() > 10

@@ -190,6 +190,23 @@ def test_lambda_plot():
     assert np.asarray(single.containers[0].lines[2]).size == 0   # no error bars for one seed
 
 
+def test_quality_curve_medians_dots_and_goals():
+    from viz.plots import quality_curve
+
+    runs = [{"minutes": t, "seed": s, "pq_th": v + s, "pq": 2 * v}
+            for t, v in ((10, 30.0), (2, 5.0)) for s in (0, 1, 2)]
+    ax = quality_curve(runs, goals={"pq_th": [(2, 20), (10, 40)]}).axes[0]
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+             for line in ax.get_lines()}
+    assert lines["PQ_Th (median of 3 seed(s); dots: each run)"] == ([2, 10], [6.0, 31.0])
+    assert lines["PQ (median of 3 seed(s); dots: each run)"] == ([2, 10], [10.0, 60.0])
+    dots = [c.get_offsets() for c in ax.collections]
+    assert sorted(dots[0][:, 1].tolist()) == [5.0, 6.0, 7.0, 30.0, 31.0, 32.0]  # every run
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "goal PQ_Th >= 20 at 2 min" in labels and "goal PQ_Th >= 40 at 10 min" in labels
+    assert ax.get_xlabel() == "training minutes" and list(ax.get_xticks()) == [2, 10]
+
+
 def test_study_parts_table_paper_bars_and_sentences():
     from spatialflow.studies import PAPER
     from viz.report import study_parts

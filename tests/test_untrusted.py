@@ -87,7 +87,7 @@ def test_a_checkpoint_of_another_preset_names_the_mismatch(tmp_path, tiny_checkp
     msg = str(e.value)
     assert msg.startswith(f"{tiny_checkpoint}: a checkpoint of preset 'tiny-cpu' does not fit "
                           f"this model (preset 'r50-coco')")
-    assert "model.backbone 'resnet18' in the checkpoint vs 'resnet50'" in msg
+    assert "model.backbone 'resnet10' in the checkpoint vs 'resnet50'" in msg
     assert "model.fpn_channels 64 in the checkpoint vs 256" in msg
     assert "of another shape" in msg and len(msg) < 1500   # not torch's list of every tensor
     # the same preset loads, from the file or its run folder

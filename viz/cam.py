@@ -357,7 +357,21 @@ def flows_comparison_figure(image: torch.Tensor, models: Mapping[str, nn.Module]
             ax.set_xticks([])
             ax.set_yticks([])
         row[0].set_ylabel(name)
+    _cam_colorbar(fig, axes[:, 1:])
     return fig
+
+
+#: the colour bar's label: what the heatmap colours mean
+CAM_SCALE = "CAM, each map scaled to [0, 1]"
+
+
+def _cam_colorbar(fig: Figure, axes) -> None:
+    """The jet scale of :func:`cam_overlay`'s heatmaps, beside ``axes``."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap="jet"), ax=axes, shrink=0.8,
+                 label=CAM_SCALE)
 
 
 def levels_figure(image: torch.Tensor, model: nn.Module, head: str = "cls",
@@ -368,12 +382,14 @@ def levels_figure(image: torch.Tensor, model: nn.Module, head: str = "cls",
     maps = [compute_cam(model, image, head, target, method)]
     maps += compute_cam(model, image, head, target, method, per_level=True)
     names = ["combined"] + [name.upper() for name in FPN_LEVELS[:len(maps) - 1]]
-    fig = Figure(figsize=(2.2 * len(maps), 2.6), layout="constrained")
-    for ax, cam, name in zip(fig.subplots(1, len(maps), squeeze=False)[0], maps, names):
+    fig = Figure(figsize=(2.2 * len(maps) + 0.8, 2.6), layout="constrained")
+    axes = fig.subplots(1, len(maps), squeeze=False)
+    for ax, cam, name in zip(axes[0], maps, names):
         ax.imshow(cam_overlay(image, cam))
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
+    _cam_colorbar(fig, axes)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig

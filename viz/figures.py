@@ -4,7 +4,8 @@
 
 * ``overlay.png``: ground truth | prediction of the full model on val images;
 * ``cam_pair.png``: paper Fig. 5, cls- and stuff-head Grad-CAM with and without spatial flows;
-* ``ablation.png``: paper Table V on the synthetic data, mean and std over seeds.
+* ``ablation.png``: paper Table V on the synthetic data, mean and std over seeds;
+* ``quality_per_minute.png``: PQ_Th and PQ against training minutes, from the bench's JSON.
 
 The models come from :func:`spatialflow.studies.run_study` over Table V's variants in the
 study folder that notebooks 02, 03, 05 and 06 share: runs already there are re-used, missing
@@ -82,6 +83,21 @@ def make_figures(out, study="runs/studies", base: str = "tiny-cpu",
     return paths
 
 
+def quality_figure(bench_json, out, dpi: int = 100) -> Path:
+    """``quality_per_minute.png`` in ``out``: PQ_Th and PQ against training minutes, each run
+    and the median over seeds, from a ``spatialflow bench`` JSON with a quality part, with
+    the goals of the CPU runs (PQ_Th >= 20 after 2 minutes, >= 40 after 10)."""
+    from viz.plots import quality_curve
+
+    result = json.loads(Path(bench_json).read_text())
+    runs = result.get("quality", result)["runs"]
+    path = Path(out) / "quality_per_minute.png"
+    quality_curve(runs, goals={"pq_th": [(2, 20), (10, 40)]},
+                  title="tiny-cpu on 2 CPU cores: quality per minute of training"
+                  ).savefig(path, dpi=dpi)
+    return path
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m viz.figures", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="docs/figures", help="folder of the PNGs")
@@ -92,12 +108,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="runs trained side by side")
     p.add_argument("--images", type=int, default=2, help="images in the overlay")
     p.add_argument("--split", default=None, help="split of the shown images (default val)")
+    p.add_argument("--quality", default="benchmarks/results/quality_per_minute.json",
+                   help="a `spatialflow bench` JSON with a quality part: also draw "
+                        "quality_per_minute.png from it (skipped when the file is missing)")
     p.add_argument("--quick", action="store_true",
                    help="2 iterations on 10 tiny images (a check that it works, not a result)")
     a = p.parse_args(argv)
     overrides = list(QUICK_OVERRIDES) if a.quick else [f"train.max_iters={a.iters}"]
     paths = make_figures(a.out, a.study, a.preset, overrides, a.seeds, a.images, a.split,
                          progress=not a.quick, workers=a.workers)
+    if a.quality and Path(a.quality).is_file() and not a.quick:
+        paths["quality_per_minute.png"] = quality_figure(a.quality, a.out)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0

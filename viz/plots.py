@@ -295,3 +295,32 @@ def lambda_plot(rows: Sequence[dict], metrics: Sequence[str] = ("pq_th", "pq_st"
     ax.set(xlabel="lambda (stuff loss weight)", ylabel=ylabel, title=title)
     ax.legend(fontsize="small")
     return fig
+
+
+def quality_curve(runs: Sequence[dict], metrics: Sequence[str] = ("pq_th", "pq"),
+                  title: Optional[str] = "quality per minute", goals: Optional[Dict] = None
+                  ) -> Figure:
+    """Quality against training minutes (``spatialflow bench``'s quality per minute): one
+    dot per run (``{"minutes", "seed", "pq_th", ...}`` rows, as the bench JSON's ``runs``),
+    a line through the median over the seeds of each mark, per metric; ``goals``
+    (``{metric: [(minutes, value), ...]}``) drawn as crosses."""
+    labels = METRIC_LABELS
+    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+    ax = fig.subplots()
+    marks = sorted({r["minutes"] for r in runs})
+    for k, m in enumerate(metrics):
+        color = f"C{k}"
+        ax.scatter([r["minutes"] for r in runs], [r[m] for r in runs], s=14, color=color,
+                   alpha=0.6)
+        medians = [float(np.median([r[m] for r in runs if r["minutes"] == t])) for t in marks]
+        seeds = len({r["seed"] for r in runs})
+        ax.plot(marks, medians, marker="o", color=color,
+                label=f"{labels.get(m, m)} (median of {seeds} seed(s); dots: each run)")
+        for t, v in (goals or {}).get(m, ()):
+            ax.scatter([t], [v], marker="x", s=60, color=color,
+                       label=f"goal {labels.get(m, m)} >= {v:g} at {t:g} min")
+    ax.set(xlabel="training minutes", ylabel="PQ on the synthetic val split",
+           title=title, xticks=marks)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize="x-small", loc="lower right")
+    return fig

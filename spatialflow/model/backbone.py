@@ -51,7 +51,8 @@ def load_backbone_weights(body: nn.Module, path) -> None:
 def resnet(name: str, norm_layer) -> models.ResNet:
     """torchvision's ResNet ``name`` without weights. ``"resnet10"`` is torchvision's
     :class:`~torchvision.models.ResNet` with one basic block per stage (ResNet-18 has two): the
-    same stem, strides and widths at about 60% of ResNet-18's convolution work."""
+    same stem, strides and widths at half of ResNet-18's FLOPs (0.58 against 1.19 GFLOPs for a
+    128 px image)."""
     if name == "resnet10":
         return models.ResNet(models.resnet.BasicBlock, [1, 1, 1, 1], norm_layer=norm_layer)
     return getattr(models, name)(weights=None, norm_layer=norm_layer)
