@@ -137,6 +137,15 @@ def cmd_bench(args) -> int:
                     longest, Path(tmp) / "speed", args.eval_images)
                 show("Evaluation (panopticapi PQ + pycocotools box AP)",
                      benchmark.format_evaluation(result["evaluation"]))
+    if args.memorise:
+        from spatialflow.memorisation import format_memorisation, memorise
+
+        print(f"memorisation: tiny-cpu on the images of {args.memorise} for "
+              f"{args.memorise_minutes:g} minutes, evaluated on the same images", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench_memorise_") as tmp:
+            result["memorisation"] = memorise(args.memorise, tmp, args.memorise_minutes)
+            result["memorisation"]["sample"] = str(args.memorise)
+        show(f"Memorisation ({args.memorise})", format_memorisation(result["memorisation"]))
     print(f"written: {out / 'bench.json'}, {out / 'bench.md'}")
     return 0
 
@@ -254,7 +263,8 @@ def cmd_evaluate(args) -> int:
 
     from spatialflow.data.coco_panoptic import CocoPanopticDataset
     from spatialflow.engine.train import load_run, prepare_data
-    from spatialflow.evaluation import SkippedItemWarning, evaluate, format_metrics
+    from spatialflow.evaluation import (SkippedItemWarning, evaluate, format_metrics,
+                                        present_categories)
 
     cfg, model, categories = load_run(args.run, overrides=args.set)
     run = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
@@ -278,7 +288,8 @@ def cmd_evaluate(args) -> int:
     except InputError:  # e.g. no image could be read
         list_skipped()
         raise
-    print(format_metrics(metrics, ds.categories, per_class=args.per_class))
+    present = present_categories(ds, out) if args.per_class else None
+    print(format_metrics(metrics, ds.categories, per_class=args.per_class, present=present))
     print(f"metrics written to {out / 'metrics.json'}")
     if skipped:
         list_skipped()
@@ -330,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(or a YAML file) instead")
     q.add_argument("--size", type=int, default=800,
                    help="with --model: the input is one SIZE x SIZE image (default 800)")
-    q.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    q.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="with --model: config overrides, e.g. model.subnets=false")
     q.set_defaults(func=cmd_info)
 
@@ -352,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("train", help="train a model into a run folder (torchrun for DDP)")
     q.add_argument("--preset", default="tiny-cpu", help="preset name (default tiny-cpu)")
     q.add_argument("--config", default=None, help="YAML config file (may name a preset)")
-    q.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    q.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. train.max_iters=500 model.flows.reg_to_cls=false")
     q.add_argument("--out", required=True, help="run folder")
     q.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -367,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default=None, help="output folder (default RUN/eval/final)")
     q.add_argument("--max-images", type=int, default=None, help="only the first N images")
     q.add_argument("--per-class", action="store_true", help="print PQ per class")
-    q.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=INFER_SET_HELP)
+    q.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help=INFER_SET_HELP)
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=cmd_evaluate)
 
@@ -375,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("run", help="run folder or checkpoint file")
     q.add_argument("inputs", nargs="+", help="image files or folders")
     q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=INFER_SET_HELP)
+    q.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help=INFER_SET_HELP)
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_predict)
 
@@ -402,6 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--eval-images", type=int, default=500,
                    help="then time the evaluation of that run on this many synthetic val "
                         "images (default 500; 0 to skip)")
+    q.add_argument("--memorise", default=None, metavar="DIR",
+                   help="the memorisation check: train tiny-cpu on the COCO panoptic images of "
+                        "DIR (images/, panoptic/, panoptic.json, e.g. the COCO sample) and "
+                        "evaluate on the same images; PQ >= 90 expected")
+    q.add_argument("--memorise-minutes", type=float, default=5.0,
+                   help="training minutes of the memorisation check (default 5)")
     q.add_argument("--no-inference", action="store_true", help="skip the inference tables")
     q.add_argument("--out", default="benchmarks/results",
                    help="folder of bench.json and bench.md (default benchmarks/results)")
@@ -410,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("demo", help="the CPU demo on the built-in synthetic data")
     q.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     q.add_argument("--preset", default="tiny-cpu", help="preset or YAML file (default tiny-cpu)")
-    q.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    q.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. train.max_iters=100 data.synthetic.num_train=50")
     q.add_argument("--overlays", type=int, default=4, help="overlay PNGs to write (default 4)")
     q.set_defaults(func=cmd_demo)

@@ -38,18 +38,40 @@ def pq(gt_json, gt_dir, pred_json, pred_dir) -> dict:
     prediction (e.g. no thing anywhere in a small split); that group is then reported as
     ``{"pq": 0, "sq": 0, "rq": 0, "n": 0}`` from panopticapi's own per-class statistics.
     """
-    from panopticapi.evaluation import pq_compute, pq_compute_multi_core
+    from panopticapi.evaluation import pq_compute
 
     try:
         return _quiet(pq_compute, str(gt_json), str(pred_json), str(gt_dir), str(pred_dir))
     except ZeroDivisionError:
         pass
+    stat, categories = _pq_stat(gt_json, gt_dir, pred_json, pred_dir)
+    return _pq_groups(stat, categories)
+
+
+def _pq_stat(gt_json, gt_dir, pred_json, pred_dir):
+    """panopticapi's ``PQStat`` (per category: matched IoU sum, TP, FP, FN) of a prediction,
+    and the ground truth's categories by id."""
+    from panopticapi.evaluation import pq_compute_multi_core
+
     gt, pred = json.loads(Path(gt_json).read_text()), json.loads(Path(pred_json).read_text())
     categories = {c["id"]: c for c in gt["categories"]}
     by_image = {a["image_id"]: a for a in pred["annotations"]}
     matched = [(a, by_image[a["image_id"]]) for a in gt["annotations"]]
-    stat = _quiet(pq_compute_multi_core, matched, str(gt_dir), str(pred_dir), categories)
-    return _pq_groups(stat, categories)
+    return _quiet(pq_compute_multi_core, matched, str(gt_dir), str(pred_dir), categories), categories
+
+
+def pq_counts(gt_json, gt_dir, pred_json, pred_dir) -> Dict[int, dict]:
+    """Per category present in the ground truth or the prediction: panopticapi's counts
+    ``{"tp", "fp", "fn", "iou"}`` (``iou``: the mean IoU of the matched segments, 0 without
+    any), the numbers behind PQ = SQ x RQ, to see where a prediction goes wrong."""
+    stat, categories = _pq_stat(gt_json, gt_dir, pred_json, pred_dir)
+    out = {}
+    for cid in categories:
+        c = stat[cid]
+        if c.tp + c.fp + c.fn:
+            out[cid] = {"tp": int(c.tp), "fp": int(c.fp), "fn": int(c.fn),
+                        "iou": float(c.iou / c.tp) if c.tp else 0.0}
+    return out
 
 
 def _pq_groups(stat, categories: dict) -> dict:
@@ -325,10 +347,26 @@ class PanopticEvaluator:
         return metrics
 
 
+def present_categories(dataset, eval_dir) -> set:
+    """Category ids that appear in the ground truth or the predictions of an evaluation
+    written to ``eval_dir`` (its ``panoptic_pred.json``) of images of ``dataset``. A class in
+    neither is scored 0 by panopticapi's ``per_class`` but left out of its averages."""
+    from spatialflow.data.panoptic_io import load_json
+
+    pred = load_json(Path(eval_dir) / "panoptic_pred.json", required=("annotations",))
+    scored = {str(a["image_id"]) for a in pred["annotations"]}
+    present = {s["category_id"] for a in pred["annotations"] for s in a["segments_info"]}
+    present |= {s["category_id"] for r in dataset.records if str(r["image_id"]) in scored
+                for s in r["segments_info"]}
+    return present
+
+
 def format_metrics(metrics: dict, categories: Optional[CategoryMap] = None,
-                   per_class: bool = False) -> str:
+                   per_class: bool = False, present: Optional[set] = None) -> str:
     """The metrics as a text table: PQ / SQ / RQ (x100) for All, Things, Stuff, box AP, and
-    optionally one row per class."""
+    optionally one row per class. With ``present`` (:func:`present_categories`) a class in
+    neither the ground truth nor the predictions is shown as absent instead of 0.0 (it is
+    not in the averages either: panopticapi leaves it out)."""
     p = metrics["panoptic"]
     lines = [f"{'':10s} {'PQ':>6s} {'SQ':>6s} {'RQ':>6s} {'N':>4s}"]
     for key in ("All", "Things", "Stuff"):
@@ -340,10 +378,18 @@ def format_metrics(metrics: dict, categories: Optional[CategoryMap] = None,
         lines.append("box AP: " + "  ".join(f"{k} {100 * b[k]:.1f}" for k in BOX_KEYS))
     if per_class and categories is not None:
         lines.append(f"{'class':16s} {'PQ':>6s} {'SQ':>6s} {'RQ':>6s}")
+        absent = 0
         for cid, r in sorted(p["per_class"].items(), key=lambda kv: int(kv[0])):
             name = categories.name(int(cid)) if int(cid) in categories else str(cid)
+            if present is not None and int(cid) not in present:
+                absent += 1
+                lines.append(f"{name[:16]:16s} {'absent':>6s} {'-':>6s} {'-':>6s}")
+                continue
             lines.append(f"{name[:16]:16s} {100 * r['pq']:6.1f} {100 * r['sq']:6.1f} "
                          f"{100 * r['rq']:6.1f}")
+        if absent:
+            lines.append(f"absent: {absent} class(es) in neither the ground truth nor the "
+                         f"predictions, left out of the averages (as panopticapi does)")
     return "\n".join(lines)
 
 

@@ -28,6 +28,52 @@ def test_coco_133_classes(coco_sample):
     assert all(cm.semantic_index(c) == 53 for c in cm.thing_ids)
 
 
+def test_category_id_0_is_a_category():
+    """COCO panoptic allows category id 0 (Cityscapes trainIds: road); only the segment id 0
+    of a PNG means void."""
+    cats = [dict(TINY_CATEGORIES[0], id=0)] + [dict(c) for c in TINY_CATEGORIES[1:]]
+    cm = CategoryMap.from_coco(cats)
+    assert cm.thing_ids == (0, 3) and cm.thing_index(0) == 0 and cm.thing_id(0) == 0
+    assert cm.is_thing(0) and cm.name(0) == "ball" and cm.colors()[0].tolist() == [200, 30, 30]
+    with pytest.raises(DatasetError, match="invalid id -1"):
+        CategoryMap.from_coco([dict(TINY_CATEGORIES[0], id=-1)])
+
+
+def test_messages_name_the_classes_that_differ(coco_sample):
+    import json
+    import warnings
+
+    from spatialflow.errors import InputError
+
+    coco = json.loads((coco_sample / "panoptic.json").read_text())["categories"]
+    data = CategoryMap.from_coco(coco)
+    text = data.describe()
+    assert text.startswith("things (80): 1 person, 2 bicycle, 3 car, ") and "(74 more)" in text
+    assert "stuff (53): 92 banner, " in text and len(text) < 250
+    model = CategoryMap.from_coco([c for c in coco if c["id"] != 3]
+                                  + [{"id": 300, "name": "unicorn", "isthing": 1}]
+                                  + [{"id": 400 + k, "name": f"extra{k}", "isthing": 0}
+                                     for k in range(9)])
+    diffs = data.differences(model)
+    assert diffs[0] == ("missing here (10): 300 unicorn, 400 extra0, 401 extra1, 402 extra2, "
+                        "403 extra3, 404 extra4, ... (4 more)")
+    assert diffs[1] == "only here (1): 3 car"
+    with pytest.raises(InputError, match=r"^val.json: its categories are not those the model "
+                                         r"was trained on .*missing here \(10\).*only here"):
+        data.check_model(model, "val.json")
+    flipped = [dict(c, isthing=1 - c["isthing"]) if c["id"] == 1 else c for c in coco]
+    assert data.differences(CategoryMap.from_coco(flipped)) == [
+        "thing in one, stuff in the other (1): 1 person"]
+    renamed = [dict(c, name="human") if c["id"] == 1 else c for c in coco]
+    assert data.differences(CategoryMap.from_coco(renamed)) == [
+        "other names (1): 1 'person' here, 'human' there"]
+    with pytest.warns(UserWarning, match="same ids but other names"):
+        data.check_model(CategoryMap.from_coco(renamed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data.check_model(data)  # the same: silent
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda c: c[0].pop("isthing"), "no 'isthing'"),
     (lambda c: c[1].update(id=7), "appears twice"),

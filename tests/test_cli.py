@@ -16,6 +16,18 @@ def test_info(capsys):
         assert preset in out
 
 
+def test_set_collects_every_override():
+    """``--set a b --set c`` (as detectron2's opts or a repeated flag) applies all three."""
+    from spatialflow.cli import build_parser
+
+    for command in (["train", "--out", "x"], ["evaluate", "run"], ["predict", "run", "a.png",
+                                                                   "--out", "y"],
+                    ["info", "--model", "tiny-cpu"], ["demo"]):
+        args = build_parser().parse_args(command + ["--set", "a=1", "b=2", "--set", "c=3"])
+        assert args.set == ["a=1", "b=2", "c=3"], command
+        assert build_parser().parse_args(command).set == []
+
+
 def test_make_data_writes_coco_panoptic(tmp_path, capsys):
     out = tmp_path / "synth"
     rc = main(["make-data", "synthetic", "--out", str(out), "--num-train", "3", "--num-val", "2",

@@ -8,7 +8,8 @@ import torch
 from spatialflow.config import InferConfig
 from spatialflow.data.coco_panoptic import CocoPanopticDataset
 from spatialflow.data.synthetic import make_synthetic
-from spatialflow.evaluation import evaluate, format_metrics, gt_boxes_from_panoptic, box_ap
+from spatialflow.evaluation import (box_ap, evaluate, format_metrics, gt_boxes_from_panoptic,
+                                    present_categories)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,15 @@ def test_oracle_scores_100(synth, tmp_path):
     assert len(list((tmp_path / "panoptic_pred").glob("*.png"))) == len(synth)
     text = format_metrics(m, synth.categories, per_class=True)
     assert "Things" in text and "box AP" in text and "grass" in text
+    # a class in neither the ground truth nor the predictions is absent, not 0.0
+    gt = {s["category_id"] for r in synth.records for s in r["segments_info"]}
+    assert present_categories(synth, tmp_path) == gt
+    one = sorted(gt)[0]
+    lines = format_metrics(m, synth.categories, per_class=True, present=gt - {one}).splitlines()
+    name = synth.categories.name(one)
+    assert [x.split() for x in lines if x.startswith(name)] == [[name, "absent", "-", "-"]]
+    assert lines[-1].startswith("absent: 1 class(es) in neither the ground truth nor the "
+                                "predictions, left out of the averages")
 
 
 def test_degraded_predictions_score_lower(synth, tmp_path):

@@ -116,6 +116,24 @@ def test_resume_continues_exactly(data_root, tmp_path):
         train(cfg, tmp_path / "straight", progress=False)
 
 
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(data_root, tmp_path,
+                                                                     capsys):
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    assert main(["train", "--preset", "tiny-cpu", "--out", str(tmp_path / "new"), "--set",
+                 *FAST, f"data.root={empty}"]) == 2
+    assert "no panoptic JSON" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # the folder it made is gone
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="no panoptic JSON"):
+        train(fast(data_root, f"data.root={empty}"), mine, progress=False)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]  # only what was there before
+    train(fast(data_root, "train.max_iters=1"), mine, progress=False, evaluate_at_end=False)
+    assert (mine / "model_final.pt").is_file() and (mine / "notes.txt").is_file()
+
+
 def test_stop_after_seconds_leaves_a_checkpoint_to_resume(data_root, tmp_path):
     cfg = fast(data_root, "train.max_iters=12")
     train(cfg, tmp_path / "timed", progress=False, evaluate_at_end=False, stop_after_s=0.0)

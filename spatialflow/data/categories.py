@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import colorsys
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, List, Mapping, Sequence
 
 import numpy as np
 
@@ -24,6 +24,13 @@ def _fallback_color(cat_id: int) -> list:
     hue = (cat_id * 0.618033988749895) % 1.0
     r, g, b = colorsys.hsv_to_rgb(hue, 0.65, 0.95)
     return [int(r * 255), int(g * 255), int(b * 255)]
+
+
+def shorten(items: Sequence[str], limit: int = 6) -> str:
+    """``"a, b, c"``, or the first ``limit`` items and ``"... (N more)"``."""
+    items = list(items)
+    text = ", ".join(items[:limit])
+    return text + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,7 @@ class CategoryMap:
                         f"'id', 'name' and 'isthing')"
                     )
             cid = c["id"]
-            if isinstance(cid, bool) or not isinstance(cid, int) or not 0 < cid < 256**3:
+            if isinstance(cid, bool) or not isinstance(cid, int) or not 0 <= cid < 256**3:
                 raise DatasetError(f"{source}: categories[{i}] has invalid id {cid!r}")
             if cid in by_id:
                 raise DatasetError(f"{source}: category id {cid} appears twice")
@@ -140,20 +147,55 @@ class CategoryMap:
         """``sem_seg`` value of a stuff class -> dataset id."""
         return self.stuff_ids[index]
 
-    def describe(self) -> str:
-        """``things [ids], stuff [ids]`` (dataset ids), for messages."""
-        return f"things {list(self.thing_ids)}, stuff {list(self.stuff_ids)}"
+    def label(self, cat_id: int) -> str:
+        """``"<id> <name>"`` of a category, for messages."""
+        return f"{cat_id} {self.name(cat_id)}"
+
+    def describe(self, limit: int = 6) -> str:
+        """``things (N): 1 person, 3 car, ...; stuff (M): ...`` (dataset ids and names, each
+        list cut after ``limit`` entries), for messages."""
+        return "; ".join(f"{kind} ({len(ids)}): {shorten([self.label(c) for c in ids], limit)}"
+                         for kind, ids in (("things", self.thing_ids), ("stuff", self.stuff_ids)))
+
+    def differences(self, other: "CategoryMap", limit: int = 6) -> List[str]:
+        """What ``other`` (say, a model's categories) has that these (say, the data's) do
+        not: classes missing here, extra classes here, a thing in one and stuff in the other,
+        one id under other names; each list cut after ``limit`` entries. Empty when equal."""
+        mine, theirs = set(self._by_id), set(other._by_id)
+        out = []
+        for what, ids, cats in (("missing here", theirs - mine, other),
+                                ("only here", mine - theirs, self)):
+            if ids:
+                out.append(f"{what} ({len(ids)}): "
+                           f"{shorten([cats.label(c) for c in sorted(ids)], limit)}")
+        both = sorted(mine & theirs)
+        flipped = [c for c in both if self.is_thing(c) != other.is_thing(c)]
+        if flipped:
+            out.append(f"thing in one, stuff in the other ({len(flipped)}): "
+                       f"{shorten([self.label(c) for c in flipped], limit)}")
+        renamed = [c for c in both if self.name(c) != other.name(c)]
+        if renamed:
+            out.append(f"other names ({len(renamed)}): " + shorten(
+                [f"{c} {self.name(c)!r} here, {other.name(c)!r} there" for c in renamed], limit))
+        return out
 
     def check_model(self, trained_on: "CategoryMap", data_name: str = "the data set",
                     model_name: str = "the model") -> None:
-        """Raise :class:`~spatialflow.errors.InputError` naming both category sets unless a
-        model trained on ``trained_on`` can be run and scored on data of these categories
-        (the same thing and stuff ids)."""
+        """Raise :class:`~spatialflow.errors.InputError` unless a model trained on
+        ``trained_on`` can be run and scored on data of these categories (the same thing and
+        stuff ids); the message names the classes that differ (:meth:`differences`). The same
+        ids under other names only warn."""
         from spatialflow.errors import InputError
 
+        diffs = self.differences(trained_on)
         if (self.thing_ids, self.stuff_ids) != (trained_on.thing_ids, trained_on.stuff_ids):
-            raise InputError(f"{data_name}: its categories ({self.describe()}) are not those "
-                             f"{model_name} was trained on ({trained_on.describe()})")
+            raise InputError(f"{data_name}: its categories are not those {model_name} was "
+                             f"trained on (here: the data; there: the model): "
+                             f"{'; '.join(diffs)}")
+        if diffs:
+            import warnings
+            warnings.warn(f"{data_name}: the categories of {model_name} have the same ids but "
+                          f"{'; '.join(diffs)}", stacklevel=2)
 
     def to_coco(self) -> list:
         """The categories as a COCO ``categories`` list (for writing JSON)."""
@@ -164,6 +206,7 @@ class CategoryMap:
         return [dict(c) for c in self.categories if c["isthing"]]
 
     def names(self, cat_ids: Sequence[int]) -> list:
+        """The names of dataset ids ``cat_ids``."""
         return [self.name(c) for c in cat_ids]
 
     def colors(self) -> np.ndarray:

@@ -127,6 +127,21 @@ def target_to_panoptic(target: dict, categories: CategoryMap,
     return pan, attach_stats(pan, out)
 
 
+def image_stems(file_name: str, image_id) -> List[str]:
+    """File stems under which an image may be found, best first: the JSON's ``file_name``;
+    for Cityscapes, whose official converter (``createPanopticImgs``) writes
+    ``<id>_gtFine_leftImg8bit.png`` for the image ``<id>_leftImg8bit.png`` of
+    ``leftImg8bit/<split>/<city>/``, that name and ``<image id>_leftImg8bit`` (as detectron2
+    finds them)."""
+    stem = Path(file_name).stem
+    stems = [stem]
+    if stem.endswith("_gtFine_leftImg8bit"):
+        stems.append(stem[:-len("_gtFine_leftImg8bit")] + "_leftImg8bit")
+    if isinstance(image_id, str):
+        stems.append(f"{image_id}_leftImg8bit")
+    return list(dict.fromkeys(stems))
+
+
 def _is_positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
@@ -282,7 +297,8 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
             if not image_path.is_file():  # another extension, or in a sub-folder (Cityscapes)
                 if stem_index is None:
                     stem_index = index_images(self.image_dir)
-                image_path = stem_index.get(Path(im["file_name"]).stem, image_path)
+                found = (stem_index.get(stem) for stem in image_stems(im["file_name"], image_id))
+                image_path = next((path for path in found if path is not None), image_path)
             png_path = self.panoptic_dir / ann["file_name"]
             if check_files:
                 if not image_path.is_file():

@@ -336,6 +336,11 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
           stop_after_s: Optional[float] = None) -> Path:
     """Train a model as ``config`` says into the run folder ``out``; returns ``out``.
 
+    A new run that fails before its first checkpoint (bad data, a config that only fails
+    when the model is built, ...) leaves nothing behind: the folder is removed if this call
+    made it, else the files it wrote there are; so a later ``--resume`` or ``train --out``
+    into it is not misled by a half-made run. A run with a checkpoint is kept (resume it).
+
     Under ``torchrun`` the processes share the work (gloo on CPU, NCCL on GPU), each taking
     ``train.batch_size / world_size`` images of every global batch. ``resume=True`` continues
     from ``out/checkpoint_last.pt`` with the run's saved config. ``stop_at``: leave after that
@@ -346,6 +351,35 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
     after the loop started (one process only; e.g. quality after N minutes of training).
     """
     run = Path(out)
+    existed = run.is_dir()
+    before = set(run.iterdir()) if existed else set()
+    try:
+        return _train(config, run, resume, device, progress, evaluate_at_end, stop_at, on_log,
+                      stop_after_s)
+    except BaseException:
+        started = any((run / name).exists() for name in (CHECKPOINT, FINAL))
+        if not resume and not started and dist_info()[0] == 0:
+            _undo_start(run, existed, before)
+        raise
+
+
+def _undo_start(run: Path, existed: bool, before: set) -> None:
+    """Remove what a new run that never saved a checkpoint wrote into ``run``."""
+    import shutil
+
+    if not existed:
+        shutil.rmtree(run, ignore_errors=True)
+        return
+    for path in set(run.iterdir()) - before if run.is_dir() else ():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _train(config, run: Path, resume: bool, device: Optional[str], progress: bool,
+           evaluate_at_end: bool, stop_at: Optional[int], on_log,
+           stop_after_s: Optional[float]) -> Path:
     rank, world, local_rank = dist_info()
     if stop_after_s is not None and world > 1:
         raise InputError("stop_after_s works in one process only (the clocks of several "
