@@ -93,3 +93,40 @@ def test_missing_color_gets_a_stable_one():
     del cats[0]["color"]
     a, b = CategoryMap.from_coco(cats), CategoryMap.from_coco(cats)
     assert a[7]["color"] == b[7]["color"] and len(a[7]["color"]) == 3
+
+
+def test_a_thing_of_category_id_0_through_train_evaluate_and_predict(tmp_path, capsys):
+    """The synthetic data with 'person' renumbered to category id 0 (JSON only: PNG segment
+    ids do not hold categories): trained, evaluated and predicted on, id 0 kept throughout."""
+    import json
+
+    from spatialflow.cli import main
+    from spatialflow.data.synthetic import make_synthetic
+
+    from conftest import FAST
+
+    root = tmp_path / "data"
+    make_synthetic(root, 8, 2, 128, 0, workers=1, progress=False)
+    for split in ("train", "val"):
+        for name in (f"panoptic_{split}.json", f"instances_{split}.json"):
+            data = json.loads((root / name).read_text())
+            for c in data["categories"]:
+                c["id"] = 0 if c["id"] == 1 else c["id"]
+            for a in data["annotations"]:
+                for s in a.get("segments_info", [a]):
+                    s["category_id"] = 0 if s["category_id"] == 1 else s["category_id"]
+            (root / name).write_text(json.dumps(data))
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny-cpu", "--out", str(run), "--set", *FAST,
+                 f"data.root={root}", "train.max_iters=2", "infer.mask_conf=0.0",
+                 "infer.score_thresh=0.0"]) == 0
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "eval"), "--per-class"]) == 0
+    assert "person" in capsys.readouterr().out
+    pred = json.loads((tmp_path / "eval" / "panoptic_pred.json").read_text())
+    assert {c["id"]: c["name"] for c in pred["categories"]}[0] == "person"
+    used = {s["category_id"] for a in pred["annotations"] for s in a["segments_info"]}
+    assert 0 in used  # a thing of category 0 predicted (every detection kept)
+    image = next((root / "val").glob("*.jpg"))
+    assert main(["predict", str(run), str(image), "--out", str(tmp_path / "pred")]) == 0
+    written = json.loads(next((tmp_path / "pred").rglob("*.json")).read_text())
+    assert 0 in {c["id"] for c in written["categories"]}
