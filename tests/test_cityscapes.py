@@ -82,3 +82,54 @@ def test_trains_and_evaluates_as_converted(cityscapes, tmp_path, capsys):
     assert main(["predict", str(run), str(image), "--out", str(tmp_path / "pred")]) == 0
     assert sorted(p.suffix for p in (tmp_path / "pred").rglob("*.png"))
     capsys.readouterr()
+
+
+def test_r50_cityscapes_predicts_a_full_size_frame_with_its_thresholds(tmp_path, capsys):
+    """The r50-cityscapes preset (random weights) through `spatialflow predict` on one
+    1024x2048 frame: its merge runs with Cityscapes' thresholds (overlap 0.25, stuff area
+    2048), the outputs have the frame's size, and time and peak memory are reported."""
+    import resource
+    import time
+    import warnings
+
+    import torch
+    from cityscapesscripts.helpers.labels import labels
+    from PIL import Image
+
+    from spatialflow.config import config_to_dict, load_config
+    from spatialflow.data.categories import CategoryMap
+    from spatialflow.engine.predict import merge_kwargs
+    from spatialflow.engine.train import FINAL, save_checkpoint
+    from spatialflow.model import build_model
+
+    cats = CategoryMap.from_coco([{"id": l.id, "name": l.name, "isthing": int(l.hasInstances),
+                                   "color": list(l.color)} for l in labels
+                                  if not l.ignoreInEval])
+    cfg = load_config("r50-cityscapes")
+    assert merge_kwargs(cfg.infer)["overlap"] == 0.25
+    assert merge_kwargs(cfg.infer)["stuff_area"] == 2048
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # frozen BatchNorm without pretrained weights
+        model = build_model(cfg, cats)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / FINAL, {"model": model.state_dict(), "config": config_to_dict(cfg),
+                                  "categories": cats.to_coco()})
+    frame = tmp_path / "frame_leftImg8bit.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1024, 2048, 3), np.uint8)
+                    ).save(frame)
+    start = time.perf_counter()
+    assert main(["predict", str(run), str(frame), "--out", str(tmp_path / "pred"),
+                 "--quiet"]) == 0
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
+    written = json.loads((tmp_path / "pred" / "panoptic.json").read_text())
+    (ann,) = written["annotations"]
+    pan = read_panoptic_png(tmp_path / "pred" / "panoptic" / ann["file_name"])
+    assert pan.shape == (1024, 2048)
+    assert all(s["area"] >= 2048 for s in ann["segments_info"]
+               if not cats.is_thing(s["category_id"]))
+    with capsys.disabled():
+        print(f"\nr50-cityscapes predict, one 1024x2048 frame: {seconds:.1f} s, peak RSS "
+              f"{peak:.0f} MiB (this test process)")
