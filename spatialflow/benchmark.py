@@ -469,6 +469,30 @@ def training_throughput(preset: str = "tiny-cpu", overrides: Sequence[str] = (),
 LOOP_SHARE = 0.6
 
 
+def train_and_evaluate(cfg, run, seconds: float, eval_dir, progress: bool = False) -> dict:
+    """Train ``cfg`` into ``run`` (resumed if it has a checkpoint) until its schedule ends or
+    ``seconds`` have passed, then evaluate it on ``cfg``'s val split into ``eval_dir``:
+    ``{"iteration", "train_s" (set-up included), "metrics", "checkpoint", "dataset"}``."""
+    from pathlib import Path
+
+    from spatialflow.data.coco_panoptic import CocoPanopticDataset
+    from spatialflow.engine.train import CHECKPOINT, FINAL, load_checkpoint, load_run, train
+    from spatialflow.evaluation import evaluate
+
+    run = Path(run)
+    start = time.perf_counter()
+    train(cfg, run, resume=(run / CHECKPOINT).is_file(), progress=progress,
+          evaluate_at_end=False, stop_after_s=seconds)
+    spent = time.perf_counter() - start
+    found = run / FINAL if (run / FINAL).is_file() else run / CHECKPOINT
+    ecfg, model, _ = load_run(found)
+    val = CocoPanopticDataset.from_root(ecfg.data.root, ecfg.data.val_split)
+    metrics = evaluate(model, val, eval_dir, ecfg.infer, ecfg.data.test_size,
+                       ecfg.data.max_size, progress=progress)
+    return {"iteration": int(load_checkpoint(found)["iteration"]), "train_s": spent,
+            "metrics": metrics, "checkpoint": found, "dataset": val}
+
+
 def quality_per_minute(out, minutes: Sequence[float] = (1, 2, 5, 10), preset: str = "tiny-cpu",
                        overrides: Sequence[str] = (), seeds: Sequence[int] = (0, 1, 2),
                        rate: Optional[float] = None, progress: bool = False) -> dict:
@@ -487,9 +511,7 @@ def quality_per_minute(out, minutes: Sequence[float] = (1, 2, 5, 10), preset: st
     from pathlib import Path
 
     from spatialflow.config import load_config
-    from spatialflow.data.coco_panoptic import CocoPanopticDataset
-    from spatialflow.engine.train import CHECKPOINT, FINAL, load_checkpoint, load_run, prepare_data, train
-    from spatialflow.evaluation import evaluate
+    from spatialflow.engine.train import prepare_data
     from spatialflow.studies import metrics_row
 
     out = Path(out)
@@ -507,18 +529,10 @@ def quality_per_minute(out, minutes: Sequence[float] = (1, 2, 5, 10), preset: st
             rcfg = load_config(preset, [*overrides, f"data.root={root}", f"train.seed={seed}",
                                         f"train.max_iters={iters}",
                                         f"train.warmup_iters={min(cfg.train.warmup_iters, iters // 4)}"])
-            start = time.perf_counter()
-            train(rcfg, run, resume=(run / CHECKPOINT).is_file(), progress=progress,
-                  evaluate_at_end=False, stop_after_s=60 * mark)
-            spent = time.perf_counter() - start
-            found = run / FINAL if (run / FINAL).is_file() else run / CHECKPOINT
-            it = int(load_checkpoint(found)["iteration"])
-            ecfg, model, _ = load_run(found)
-            val = CocoPanopticDataset.from_root(root, ecfg.data.val_split)
-            metrics = evaluate(model, val, run / "eval", ecfg.infer, ecfg.data.test_size,
-                               ecfg.data.max_size, progress=progress)
-            runs.append({"minutes": mark, "seed": seed, "max_iters": iters, "iteration": it,
-                         "train_s": spent, **metrics_row(metrics)})
+            done = train_and_evaluate(rcfg, run, 60 * mark, run / "eval", progress)
+            runs.append({"minutes": mark, "seed": seed, "max_iters": iters,
+                         "iteration": done["iteration"], "train_s": done["train_s"],
+                         **metrics_row(done["metrics"])})
     median = []
     for mark in sorted(minutes):
         rows = [r for r in runs if r["minutes"] == mark]

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import statistics
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -92,9 +91,8 @@ def memorise(sample, out, minutes: float = 5.0, preset: str = "tiny-cpu",
     name, isthing}), "stuff_accuracy", "run"}``."""
     from spatialflow import benchmark
     from spatialflow.config import load_config
-    from spatialflow.data.coco_panoptic import CocoPanopticDataset
-    from spatialflow.engine.train import CHECKPOINT, FINAL, load_checkpoint, load_run, train
-    from spatialflow.evaluation import evaluate, pq_counts
+    from spatialflow.engine.train import train
+    from spatialflow.evaluation import pq_counts
     from spatialflow.studies import metrics_row
 
     out = Path(out)
@@ -111,26 +109,18 @@ def memorise(sample, out, minutes: float = 5.0, preset: str = "tiny-cpu",
         rate = benchmark.LOOP_SHARE / step
     iters = max(1, int(rate * 60 * minutes))
     cfg = load_config(preset, settings + [f"train.max_iters={iters}"])
-    run = out / "run"
-    start = time.perf_counter()
-    train(cfg, run, resume=(run / CHECKPOINT).is_file(), progress=progress,
-          evaluate_at_end=False, stop_after_s=60 * minutes)
-    spent = time.perf_counter() - start
-    found = run / FINAL if (run / FINAL).is_file() else run / CHECKPOINT
-    rcfg, model, _ = load_run(found)
-    val = CocoPanopticDataset.from_root(root, "val")
-    eval_dir = out / "eval"
-    metrics = evaluate(model, val, eval_dir, rcfg.infer, rcfg.data.test_size,
-                       rcfg.data.max_size, progress=progress)
+    done = benchmark.train_and_evaluate(cfg, out / "run", 60 * minutes, out / "eval",
+                                        progress)
+    val, eval_dir, metrics = done["dataset"], out / "eval", done["metrics"]
     counts = pq_counts(val.panoptic_json, val.panoptic_dir, eval_dir / "panoptic_pred.json",
                        eval_dir / "panoptic_pred")
     cats = val.categories
     per_class = {cid: dict(c, name=cats.name(cid), isthing=int(cats.is_thing(cid)))
                  for cid, c in sorted(counts.items())}
-    result = {"minutes": minutes, "iterations": int(load_checkpoint(found)["iteration"]),
-              "max_iters": iters, "train_s": spent, "metrics": metrics_row(metrics),
+    result = {"minutes": minutes, "iterations": done["iteration"], "max_iters": iters,
+              "train_s": done["train_s"], "metrics": metrics_row(metrics),
               "per_class": per_class, "stuff_accuracy": stuff_accuracy(val, eval_dir),
-              "run": str(run)}
+              "run": str(out / "run")}
     (out / "memorisation.json").write_text(json.dumps(result, indent=1))
     return result
 
