@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spatialflow.data.synthetic import make_synthetic, summarize  # noqa: E402
+from spatialflow.data.synthetic import make_synthetic, data_stats  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
         make_synthetic(tmp, num_train=args.num - num_val, num_val=num_val, size=args.size,
                        seed=args.seed, workers=workers, progress=False)
         seconds = time.perf_counter() - t0
-        summary = summarize(tmp)
+        summary = data_stats(tmp)
         mbytes = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file()) / 2**20
     segments = sum(sum(c["normal"] + c["crowd"] for c in s["segments"].values()) for s in summary.values())
     result = {"benchmark": "synthetic", "images": args.num, "size": args.size, "workers": workers,

@@ -18,8 +18,10 @@ _EXPORTS = {
     "make_synthetic": "spatialflow.data.synthetic",
     "build_model": "spatialflow.model.spatialflow",
     "train": "spatialflow.engine.train",
-    "load_run": "spatialflow.engine.train",
-    "load_weights": "spatialflow.engine.train",
+    "load_run": "spatialflow.engine.runs",
+    "load_weights": "spatialflow.engine.runs",
+    "Predictor": "spatialflow.engine.runs",
+    "evaluate_run": "spatialflow.engine.runs",
     "evaluate": "spatialflow.evaluation",
     "SpatialFlow": "spatialflow.model.spatialflow",
 }
@@ -32,6 +34,6 @@ def __getattr__(name):
 
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
-    if name in ("panoptic", "evaluation", "config", "data", "model", "engine"):
+    if name in ("panoptic", "evaluation", "config", "data", "model", "engine", "benchmark"):
         return importlib.import_module(f"spatialflow.{name}")
     raise AttributeError(f"module 'spatialflow' has no attribute {name!r}")

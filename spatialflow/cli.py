@@ -31,7 +31,7 @@ def cmd_info(args) -> int:
     """Print versions, the compute device and the presets; with ``--model PRESET`` the
     parameters and GFLOPs of each part of that model instead."""
     if getattr(args, "model", None) is not None:
-        from spatialflow.model.summary import describe_preset
+        from spatialflow.benchmark.info import describe_preset
 
         if args.size < 32:
             raise InputError("--size must be >= 32")
@@ -59,7 +59,7 @@ def cmd_info(args) -> int:
 
 def cmd_make_data(args) -> int:
     """Write a synthetic data set in COCO panoptic format and print its summary."""
-    from spatialflow.data.synthetic import format_summary, make_synthetic, summarize
+    from spatialflow.data.synthetic import format_data_stats, make_synthetic, data_stats
 
     for key in ("num_train", "num_val"):
         if getattr(args, key) < 1:
@@ -68,7 +68,7 @@ def cmd_make_data(args) -> int:
         raise InputError("--size must be >= 32")
     make_synthetic(args.out, num_train=args.num_train, num_val=args.num_val, size=args.size,
                    seed=args.seed, workers=args.workers, progress=not args.quiet, scene=args.scene)
-    print(format_summary(summarize(args.out)))
+    print(format_data_stats(data_stats(args.out)))
     print(f"written to {Path(args.out).resolve()}")
     return 0
 
@@ -82,7 +82,7 @@ def cmd_bench(args) -> int:
     import json
     import tempfile
 
-    from spatialflow import benchmark
+    from spatialflow.benchmark import inference, machine, quality, training
 
     if args.device.startswith("cuda"):
         import torch
@@ -101,44 +101,44 @@ def cmd_bench(args) -> int:
         (out / "bench.md").write_text("\n\n".join(parts) + "\n")
 
     if not args.no_inference:
-        result["inference"] = benchmark.run_inference_bench(
+        result["inference"] = inference.run_inference_bench(
             args.sizes, args.repeat, args.threads, args.device, args.models, args.preset)
-        show("Inference", benchmark.format_inference(result["inference"]))
+        show("Inference", inference.format_inference(result["inference"]))
     if args.training != "none":
         result["conv_rates"], rows = {}, []  # per precision, as the training steps use them
-        for label, preset, overrides, size, batch in benchmark.TRAINING:
+        for label, preset, overrides, size, batch in training.TRAINING:
             if args.training == "tiny" and preset != "tiny-cpu":
                 continue
             print(f"training: {label}", flush=True)
-            rows.append({"label": label, **benchmark.training_throughput(
+            rows.append({"label": label, **training.training_throughput(
                 preset, overrides, size, batch, threads=args.threads, device=args.device)})
             precision = rows[-1]["precision"]
             if precision not in result["conv_rates"]:
-                result["conv_rates"][precision] = benchmark.conv_rate(
-                    800, args.repeat, args.device, benchmark.precision_dtype(precision))
+                result["conv_rates"][precision] = machine.conv_rate(
+                    800, args.repeat, args.device, machine.precision_dtype(precision))
             rows[-1]["conv_ratio"] = (rows[-1]["gflop_per_s"]
                                       / result["conv_rates"][precision]["gflop_per_s"])
         result["training"] = rows
-        show("Training", benchmark.format_training(rows, result["conv_rates"]))
+        show("Training", training.format_training(rows, result["conv_rates"]))
     if args.minutes:
         with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
             seeds = ", ".join(map(str, args.seeds))
             print(f"quality per minute: tiny-cpu runs of {', '.join(f'{m:g}' for m in args.minutes)} "
                   f"minutes, seeds {seeds} ({sum(args.minutes) * len(args.seeds):g} minutes of "
                   f"training)", flush=True)
-            result["quality"] = benchmark.quality_per_minute(tmp, args.minutes, seeds=args.seeds)
+            result["quality"] = quality.quality_per_minute(tmp, args.minutes, seeds=args.seeds)
             show(f"Quality per minute (tiny-cpu, synthetic val; seeds {seeds})",
-                 benchmark.format_quality(result["quality"]))
+                 quality.format_quality(result["quality"]))
             if args.eval_images:
                 longest = Path(tmp) / f"min{max(args.minutes):g}" / f"seed{args.seeds[0]}"
                 print(f"evaluation: the {max(args.minutes):g}-minute run on {args.eval_images} "
                       "synthetic val images", flush=True)
-                result["evaluation"] = benchmark.evaluation_speed(
+                result["evaluation"] = quality.evaluation_speed(
                     longest, Path(tmp) / "speed", args.eval_images)
                 show("Evaluation (panopticapi PQ + pycocotools box AP)",
-                     benchmark.format_evaluation(result["evaluation"]))
+                     quality.format_evaluation(result["evaluation"]))
     if args.memorise:
-        from spatialflow.memorisation import format_memorisation, memorise
+        from spatialflow.benchmark.memorisation import format_memorisation, memorise
 
         print(f"memorisation: tiny-cpu on the images of {args.memorise} for "
               f"{args.memorise_minutes:g} minutes, evaluated on the same images", flush=True)
@@ -157,8 +157,10 @@ def cmd_demo(args) -> int:
     import time
 
     from spatialflow.config import load_config
-    from spatialflow.data.synthetic import format_summary, make_synthetic, summarize
-    from spatialflow.engine.train import CHECKPOINT, FINAL, train
+    from spatialflow.data.synthetic import format_data_stats, make_synthetic, data_stats
+    from spatialflow.engine.runs import CHECKPOINT, FINAL, FINAL_EVAL, evaluate_run
+    from spatialflow.engine.train import train
+    from spatialflow.evaluation import format_metrics
 
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -171,7 +173,7 @@ def cmd_demo(args) -> int:
     if not (data_dir / f"panoptic_{cfg.data.val_split}.json").is_file():
         make_synthetic(data_dir, num_train=s.num_train, num_val=s.num_val, size=s.size,
                        seed=s.seed, progress=True, scene=s.scene)
-    print(format_summary(summarize(data_dir)))
+    print(format_data_stats(data_stats(data_dir)))
     t_data = time.perf_counter()
 
     run = out / "run"
@@ -185,13 +187,10 @@ def cmd_demo(args) -> int:
 
     print(f"[3/4] evaluating on the {cfg.data.val_split} split (panopticapi, pycocotools)")
     from spatialflow.data.coco_panoptic import CocoPanopticDataset
-    from spatialflow.engine.train import load_run
-    from spatialflow.evaluation import evaluate, format_metrics
 
-    cfg, model, _ = load_run(run)
     val = CocoPanopticDataset.from_root(data_dir, cfg.data.val_split)
-    eval_dir = run / "eval" / "final"
-    metrics = evaluate(model, val, eval_dir, cfg.infer, cfg.data.test_size, cfg.data.max_size)
+    eval_dir = run / FINAL_EVAL
+    metrics = evaluate_run(run, val, eval_dir)
     table = format_metrics(metrics, val.categories, per_class=True)
     print(table)
     t_eval = time.perf_counter()
@@ -262,17 +261,16 @@ def cmd_evaluate(args) -> int:
     import warnings
 
     from spatialflow.data.coco_panoptic import CocoPanopticDataset
-    from spatialflow.engine.train import load_run, prepare_data
-    from spatialflow.evaluation import (SkippedItemWarning, evaluate, format_metrics,
-                                        present_categories)
+    from spatialflow.engine.runs import (FINAL_EVAL, Predictor, evaluate_run, prepare_data,
+                                         run_folder)
+    from spatialflow.evaluation import SkippedItemWarning, format_metrics, present_categories
 
-    cfg, model, categories = load_run(args.run, overrides=args.set)
-    run = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
-    root = Path(args.data) if args.data else prepare_data(cfg, run)
+    predictor = Predictor.from_run(args.run, overrides=args.set)
+    cfg, run = predictor.config, run_folder(args.run)
+    root = Path(args.data) if args.data else prepare_data(cfg, run, write=False)
     ds = CocoPanopticDataset.from_root(root, args.split or cfg.data.val_split,
                                        on_error=cfg.data.on_error)
-    ds.categories.check_model(categories, str(ds.panoptic_json))
-    out = Path(args.out) if args.out else run / "eval" / "final"
+    out = Path(args.out) if args.out else run / FINAL_EVAL
     skipped = []
 
     def list_skipped():
@@ -282,9 +280,9 @@ def cmd_evaluate(args) -> int:
     try:
         with warnings.catch_warnings():  # the skipped items are listed at the end instead
             warnings.simplefilter("ignore", SkippedItemWarning)
-            metrics = evaluate(model, ds, out, cfg.infer, cfg.data.test_size, cfg.data.max_size,
-                               max_images=args.max_images, progress=not args.quiet,
-                               on_skip=lambda *item: skipped.append(item))
+            metrics = evaluate_run(predictor, ds, out, max_images=args.max_images,
+                                   progress=not args.quiet,
+                                   on_skip=lambda *item: skipped.append(item))
     except InputError:  # e.g. no image could be read
         list_skipped()
         raise
@@ -303,13 +301,12 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     """Panoptic predictions for image files or folders: PNGs + JSON (COCO panoptic) and
     overlays. Unreadable files are skipped and listed at the end (exit code 2)."""
-    from spatialflow.engine.predict import list_images, predict_files
-    from spatialflow.engine.train import load_run
+    from spatialflow.engine.predict import list_images
+    from spatialflow.engine.runs import Predictor
 
-    cfg, model, categories = load_run(args.run, overrides=args.set)
+    predictor = Predictor.from_run(args.run, overrides=args.set)
     files = list_images(args.inputs)
-    n, failures = predict_files(model, categories, files, args.out, cfg.infer,
-                                cfg.data.test_size, cfg.data.max_size, progress=not args.quiet)
+    n, failures = predictor.write(files, args.out, progress=not args.quiet)
     print(f"{n} image(s) predicted -> {Path(args.out).resolve()} (panoptic.json, panoptic/, "
           f"overlays/)")
     for path, reason in failures:

@@ -11,14 +11,19 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from panopticapi.evaluation import pq_compute, pq_compute_multi_core, pq_compute_single_core
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from spatialflow.data.categories import CategoryMap
-from spatialflow.data.panoptic_io import write_panoptic_png
+from spatialflow.data.coco_panoptic import check_segment_ids
+from spatialflow.data.panoptic_io import attach_stats, load_json, segment_stats, write_panoptic_png
 from spatialflow.errors import DatasetError
 
 BOX_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -38,8 +43,6 @@ def pq(gt_json, gt_dir, pred_json, pred_dir) -> dict:
     prediction (e.g. no thing anywhere in a small split); that group is then reported as
     ``{"pq": 0, "sq": 0, "rq": 0, "n": 0}`` from panopticapi's own per-class statistics.
     """
-    from panopticapi.evaluation import pq_compute
-
     try:
         return _quiet(pq_compute, str(gt_json), str(pred_json), str(gt_dir), str(pred_dir))
     except ZeroDivisionError:
@@ -51,8 +54,6 @@ def pq(gt_json, gt_dir, pred_json, pred_dir) -> dict:
 def _pq_stat(gt_json, gt_dir, pred_json, pred_dir):
     """panopticapi's ``PQStat`` (per category: matched IoU sum, TP, FP, FN) of a prediction,
     and the ground truth's categories by id."""
-    from panopticapi.evaluation import pq_compute_multi_core
-
     gt, pred = json.loads(Path(gt_json).read_text()), json.loads(Path(pred_json).read_text())
     categories = {c["id"]: c for c in gt["categories"]}
     by_image = {a["image_id"]: a for a in pred["annotations"]}
@@ -112,11 +113,7 @@ def image_pq(gt_pan, gt_segments, pred_pan, pred_segments, categories) -> dict:
     Raises:
         ValueError: the maps differ in size, or a map holds an id missing from its segments.
     """
-    import tempfile
 
-    from panopticapi.evaluation import pq_compute_single_core
-
-    from spatialflow.data.panoptic_io import attach_stats
 
     if isinstance(categories, CategoryMap):
         cats = {c["id"]: c for c in categories.to_coco()}
@@ -172,9 +169,6 @@ def gt_boxes_from_panoptic(panoptic: dict, categories: CategoryMap,
 def box_ap(gt: dict, detections: List[dict], image_ids: Optional[Sequence] = None) -> Dict[str, float]:
     """pycocotools ``COCOeval`` (bbox) of ``detections`` (COCO results: ``image_id``,
     ``category_id``, ``bbox`` xywh, ``score``) against the COCO detection dict ``gt``."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     if not detections:  # pycocotools cannot load an empty result list; nothing detected = 0 AP
         return {k: 0.0 for k in BOX_KEYS}
     coco_gt = COCO()
@@ -193,7 +187,6 @@ def box_ap(gt: dict, detections: List[dict], image_ids: Optional[Sequence] = Non
 class SkippedItemWarning(UserWarning):
     """An item left out of an evaluation because its image or panoptic PNG cannot be read or
     does not match its ``segments_info`` (see :attr:`PanopticEvaluator.skipped`)."""
-
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
@@ -215,7 +208,6 @@ class PanopticEvaluator:
         instances_json: optional COCO instances JSON for box AP; by default the boxes of the
             panoptic ground truth are used.
     """
-
     def __init__(self, dataset, out_dir, instances_json=None):
         self.dataset, self.out_dir = dataset, Path(out_dir)
         self.pred_dir = self.out_dir / "panoptic_pred"
@@ -236,9 +228,6 @@ class PanopticEvaluator:
         Raises:
             DatasetError: naming the PNG, the image id and the fault.
         """
-        from spatialflow.data.coco_panoptic import check_segment_ids
-        from spatialflow.data.panoptic_io import segment_stats
-
         where = f"{record['png_path']} (image id {record['image_id']})"
         segments = record["segments_info"]
         for seg in segments:
@@ -283,8 +272,6 @@ class PanopticEvaluator:
     def _ground_truth(self) -> Tuple[dict, bool]:
         """The ground truth of the added images as a COCO panoptic dict (missing ``area``,
         ``bbox``, ``iscrowd`` filled in), and whether it differs from the dataset's JSON."""
-        from spatialflow.data.panoptic_io import load_json
-
         gt = load_json(self.dataset.panoptic_json)
         ids = [r["image_id"] for r in self.records]
         same = (sorted(map(str, ids)) == sorted(str(a["image_id"]) for a in gt["annotations"])
@@ -351,8 +338,6 @@ def present_categories(dataset, eval_dir) -> set:
     """Category ids that appear in the ground truth or the predictions of an evaluation
     written to ``eval_dir`` (its ``panoptic_pred.json``) of images of ``dataset``. A class in
     neither is scored 0 by panopticapi's ``per_class`` but left out of its averages."""
-    from spatialflow.data.panoptic_io import load_json
-
     pred = load_json(Path(eval_dir) / "panoptic_pred.json", required=("annotations",))
     scored = {str(a["image_id"]) for a in pred["annotations"]}
     present = {s["category_id"] for a in pred["annotations"] for s in a["segments_info"]}
@@ -393,34 +378,37 @@ def format_metrics(metrics: dict, categories: Optional[CategoryMap] = None,
     return "\n".join(lines)
 
 
-def evaluate(model, dataset, out_dir, infer=None, test_size: int = 800,
-             max_size: Optional[int] = 1333, device: str = "cpu", max_images: Optional[int] = None,
-             instances_json=None, progress: bool = True,
-             on_skip: Optional[Callable[[object, str, str], None]] = None) -> dict:
-    """Predict every image of ``dataset`` (or the first ``max_images``), merge with the
-    ``infer`` thresholds, and score with panopticapi and pycocotools; writes predictions and
-    ``metrics.json`` into ``out_dir`` and returns the metrics.
+def evaluate(gt_json, gt_dir, pred_json, pred_dir, detections: Optional[List[dict]] = None,
+             out_dir=None) -> dict:
+    """Score panoptic predictions written in COCO panoptic format (``pred_json`` and its PNG
+    folder ``pred_dir``, as ``spatialflow predict`` or :class:`PanopticEvaluator` write them)
+    against the ground truth ``gt_json`` / ``gt_dir``, on the images the predictions cover.
 
-    An item whose image or panoptic PNG cannot be read, whose sizes differ, or whose PNG ids do
-    not match its ``segments_info`` is left out with a :class:`SkippedItemWarning`, and the
-    metrics cover the others; the left-out items are listed in ``out_dir/skipped.json`` and
-    passed to ``on_skip(image_id, file, reason)`` as they are met (``metrics.json`` and the
-    returned dict keep their documented shape). Raises :class:`DatasetError` when no item can
-    be read."""
-    from spatialflow.config import InferConfig
-    from spatialflow.engine.predict import predict_dataset
+    Returns ``{"panoptic": pq_compute's result, "bbox": box AP}`` (``metrics.json``'s shape);
+    box AP is that of ``detections`` (COCO results: ``image_id``, ``category_id``, ``bbox``
+    xywh, ``score``) against the things of the panoptic ground truth, and is left out when no
+    ``detections`` are given. With ``out_dir`` the metrics go to ``out_dir/metrics.json`` too.
+    To run a model and score it, use :func:`spatialflow.engine.runs.evaluate_run` or
+    :meth:`~spatialflow.engine.runs.Predictor.evaluate`."""
+    gt = load_json(gt_json, required=("annotations", "categories"))
+    pred = load_json(pred_json, required=("annotations",))
+    ids = {a["image_id"] for a in pred["annotations"]}
+    missing = [a["image_id"] for a in gt["annotations"] if a["image_id"] not in ids]
+    scored_gt = Path(gt_json)
+    with contextlib.ExitStack() as stack:
+        if missing:  # score the predicted images only: a ground truth of those
 
-    infer = infer or InferConfig()
-    evaluator = PanopticEvaluator(dataset, out_dir, instances_json)
-
-    def skip(idx, error):
-        evaluator.skip(dataset.annotation(idx), error)
-        if on_skip is not None:
-            on_skip(*evaluator.skipped[-1])
-
-    n = len(dataset) if max_images is None else min(max_images, len(dataset))
-    for _, rec, out, pan, segments in predict_dataset(model, dataset, infer, test_size, max_size,
-                                                      device, range(n), progress,
-                                                      on_error=skip, check=evaluator.check):
-        evaluator.add(rec, out, pan, segments)
-    return evaluator.compute()
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            scored_gt = folder / "panoptic_gt_subset.json"
+            scored_gt.write_text(json.dumps(dict(
+                gt, annotations=[a for a in gt["annotations"] if a["image_id"] in ids],
+                images=[im for im in gt.get("images", []) if im["id"] in ids])))
+        metrics = {"panoptic": pq(scored_gt, gt_dir, pred_json, pred_dir)}
+    if detections is not None:
+        categories = CategoryMap.from_coco(gt["categories"], source=str(gt_json))
+        metrics["bbox"] = box_ap(gt_boxes_from_panoptic(gt, categories, ids), detections,
+                                 sorted(ids))
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics

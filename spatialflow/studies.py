@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import multiprocessing
 import re
+import statistics
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import torch
+from tqdm import tqdm
+
 from spatialflow.config import config_to_dict, load_config
+from spatialflow.engine.runs import CHECKPOINT, FINAL, evaluate_run, prepare_data
+from spatialflow.engine.train import train
+from spatialflow.evaluation import PanopticEvaluator
 
 #: overrides that make any study or notebook run in seconds (CI and the notebooks' quick mode):
 #: 8 + 2 synthetic images of 128 px, two images a batch, no worker processes
@@ -159,10 +170,7 @@ def run_study(variants: Sequence[Variant], seeds: Sequence[int], out, base="tiny
         for cfg, run in jobs:
             _train_and_evaluate(cfg, run, progress, train_fn)
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        import torch
         threads = max(1, torch.get_num_threads() // workers)
         with ProcessPoolExecutor(min(workers, len(jobs)),
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -180,8 +188,6 @@ def _plan(variants, seeds, out, base, overrides, write_data: bool):
     """The rows of :func:`run_study` (without metrics) and its ``(config, run)`` jobs: the
     runs not yet trained and evaluated, each once. ``write_data``: generate the synthetic data
     (else its folder is only named)."""
-    from spatialflow.engine.train import prepare_data
-
     out = Path(out)
     common = load_config(base, list(overrides))
     if write_data:
@@ -210,20 +216,20 @@ def plan_study(variants: Sequence[Variant], seeds: Sequence[int], out, base="tin
     all), ``workers`` and, with ``measure``, ``minutes``: the training time, estimated from
     a few training steps of the base config run here as the study runs them (``workers``
     processes side by side, one share of the threads each) and
-    :data:`~spatialflow.benchmark.LOOP_SHARE`. Evaluation comes on top."""
+    :data:`~spatialflow.benchmark.training.LOOP_SHARE`. Evaluation comes on top."""
     rows, jobs = _plan(variants, seeds, out, base, overrides, write_data=False)
     iters = [cfg.train.max_iters for cfg, _ in jobs]
     known = all(i is not None for i in iters)  # (an epoch schedule needs the data's length)
     plan = {"runs": len(rows), "to_train": len(jobs), "iterations": sum(iters) if known else None,
             "workers": workers, "minutes": None}
     if measure and jobs and known:
-        from spatialflow import benchmark
+        from spatialflow.benchmark import training  # (it uses the study variants)
 
         cfg = jobs[0][0]
-        step = benchmark.training_throughput(
+        step = training.training_throughput(
             base, list(overrides), max(cfg.data.min_size), cfg.train.batch_size, steps=3,
             processes=min(workers, len(jobs)))["step_s"]
-        seconds = step / benchmark.LOOP_SHARE * sum(iters) / min(workers, len(jobs))
+        seconds = step / training.LOOP_SHARE * sum(iters) / min(workers, len(jobs))
         plan["minutes"] = seconds / 60
     return plan
 
@@ -250,63 +256,42 @@ def _train_and_evaluate(cfg, run: Path, progress: bool, train_fn: Optional[Calla
                         threads: Optional[int] = None) -> None:
     """Train ``run`` (resumed from its checkpoint, if any; skipped when its final weights
     exist) and evaluate it into ``run / _DONE``; ``threads``: this process's torch threads."""
-    from spatialflow.engine.train import CHECKPOINT, FINAL, train
-
     if threads is not None:
-        import torch
         torch.set_num_threads(threads)
     if not (run / FINAL).is_file():  # else interrupted while evaluating
         (train_fn or train)(cfg, run, resume=(run / CHECKPOINT).is_file(), progress=progress,
                             evaluate_at_end=False)
-    _evaluate_run(run, run / _DONE, progress)
+    evaluate_run(run, out=(run / _DONE).parent, progress=progress)
 
 
-def _evaluate_run(run: Path, done: Path, progress: bool) -> dict:
-    from spatialflow.data.coco_panoptic import CocoPanopticDataset
-    from spatialflow.engine.train import load_run
-    from spatialflow.evaluation import evaluate
-
-    cfg, model, _ = load_run(run)
-    val = CocoPanopticDataset.from_root(cfg.data.root, cfg.data.val_split)
-    return evaluate(model, val, done.parent, cfg.infer, cfg.data.test_size, cfg.data.max_size,
-                    progress=progress)
-
-
-def speed_vs_scale(model, dataset, scales: Sequence[int], infer=None,
+def speed_vs_scale(predictor, dataset, scales: Sequence[int],
                    max_size_ratio: float = 1333 / 800, max_images: Optional[int] = None,
-                   out=None, device: str = "cpu", progress: bool = True) -> List[dict]:
+                   out=None, progress: bool = True) -> List[dict]:
     """Table XI on this machine: for each test scale (shorter edge; longer edge capped at
     ``max_size_ratio`` times it), PQ on ``dataset`` and images per second of inference
     (network + mask pasting + panoptic merge, after one warm-up image; reading and writing
-    files not counted). Rows: ``scale``, ``padded`` (the shorter edge the network sees: the
-    model pads to a multiple of its ``size_divisibility``, so two scales can cost the same),
-    ``images_per_s``, ``seconds``, ``images`` and :func:`metrics_row`'s keys."""
-    import tempfile
+    files not counted) with ``predictor`` (a :class:`~spatialflow.engine.runs.Predictor`, whose
+    inference settings are kept). Rows: ``scale``, ``padded`` (the shorter edge the network
+    sees: the model pads to a multiple of its ``size_divisibility``, so two scales can cost the
+    same), ``images_per_s``, ``seconds``, ``images`` and :func:`metrics_row`'s keys."""
 
-    from spatialflow.config import InferConfig
-    from spatialflow.engine.predict import predict_image, to_tensor
-    from spatialflow.evaluation import PanopticEvaluator
-
-    infer = infer or InferConfig()
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     rows = []
     for scale in scales:
-        cap = int(round(scale * max_size_ratio))
+        at_scale = predictor.at_size(scale, int(round(scale * max_size_ratio)))
         folder = Path(out) / f"scale{scale}" if out else Path(tempfile.mkdtemp(prefix="speed"))
         evaluator = PanopticEvaluator(dataset, folder)
         seconds = 0.0
         for k, idx in enumerate(_progress(range(n), f"{scale}px", progress)):
             image, _, rec = dataset.load(idx)
-            x = to_tensor(image)
             if k == 0:  # warm-up
-                predict_image(model, x, dataset.categories, infer, scale, cap, device)
+                at_scale(image)
             start = time.perf_counter()
-            output, pan, segments = predict_image(model, x, dataset.categories, infer, scale,
-                                                  cap, device)
+            result = at_scale(image, raw=True)
             seconds += time.perf_counter() - start
-            evaluator.add(rec, output, pan, segments)
+            evaluator.add(rec, result["raw"], result["panoptic"], result["segments_info"])
         metrics = evaluator.compute()
-        div = getattr(model, "size_divisibility", 1)
+        div = getattr(predictor.model, "size_divisibility", 1)
         rows.append({"scale": scale, "padded": -(-scale // div) * div, "images": n,
                      "seconds": seconds,
                      "images_per_s": n / max(seconds, 1e-9), **metrics_row(metrics)})
@@ -350,15 +335,11 @@ def describe_speed(rows: Sequence[dict]) -> str:
 
 
 def _progress(items, desc: str, enabled: bool, unit: str = "img", total: Optional[int] = None):
-    from tqdm import tqdm
     return tqdm(items, desc=desc, unit=unit, total=total, disable=not enabled)
 
 
 def _stats(values: Sequence) -> dict:
     """mean, sample std (0 for one value), min, max and n of the values that are not None/NaN."""
-    import math
-    import statistics
-
     v = [float(x) for x in values if x is not None and not math.isnan(float(x))]
     if not v:
         return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "n": 0}

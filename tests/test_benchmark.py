@@ -1,11 +1,20 @@
-"""spatialflow.benchmark: the inference comparison runs, its figures add up, nothing leaks."""
+"""The spatialflow.benchmark package: the inference comparison runs, its figures add up,
+nothing leaks."""
 
 import time
 
 import pytest
 import torch
 
-from spatialflow import benchmark as B
+from spatialflow.benchmark.inference import STAGES, format_inference, run_inference_bench
+from spatialflow.benchmark.machine import (conv_peak, conv_rate, p3_shape, precision_dtype,
+                                          precision_name)
+from spatialflow.benchmark.models import build_spatialflow
+from spatialflow.benchmark.quality import (evaluation_speed, format_evaluation, format_quality,
+                                          quality_per_minute)
+from spatialflow.benchmark.timing import median_time, peak_rss_mb, stage_timer
+from spatialflow.benchmark.training import format_training, training_throughput
+from spatialflow.model.summary import count_flops
 
 
 def hooks(model):
@@ -14,7 +23,7 @@ def hooks(model):
 
 def test_stage_timer_sums_module_time_and_removes_its_hooks():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    with B.stage_timer(model, {"first": ("0",), "last": ("2",)}) as t:
+    with stage_timer(model, {"first": ("0",), "last": ("2",)}) as t:
         model(torch.rand(3, 4))
         model(torch.rand(3, 4))
     assert set(t) == {"first", "last"} and t["first"] > 0 and t["last"] > 0
@@ -23,20 +32,20 @@ def test_stage_timer_sums_module_time_and_removes_its_hooks():
 
 def test_median_time_and_flops():
     calls = []
-    t = B.median_time(lambda: calls.append(1), repeat=4, warmup=2)
+    t = median_time(lambda: calls.append(1), repeat=4, warmup=2)
     assert len(calls) == 6 and len(t["runs"]) == 4 and t["min"] <= t["median"]
     lin = torch.nn.Linear(8, 16, bias=False)
-    assert B.count_flops(lambda: lin(torch.rand(5, 8))) == 2 * 5 * 8 * 16
-    peak = B.conv_peak(8, 8, channels=16, repeat=2, channels_last=True)
+    assert count_flops(lambda: lin(torch.rand(5, 8))) == 2 * 5 * 8 * 16
+    peak = conv_peak(8, 8, channels=16, repeat=2, channels_last=True)
     assert peak["gflops"] == pytest.approx(2 * 16 * 16 * 9 * 64 / 1e9)
     assert peak["gflop_per_s"] > 0 and peak["layout"] == "channels_last"
-    assert B.p3_shape(800) == (100, 134)  # 800 x 1067 at stride 8, rounded up
-    rate = B.conv_rate(64, repeat=1)  # the faster layout at P3 of 64 x 85
+    assert p3_shape(800) == (100, 134)  # 800 x 1067 at stride 8, rounded up
+    rate = conv_rate(64, repeat=1)  # the faster layout at P3 of 64 x 85
     assert rate["shape"] == "8x11" and rate["layout"] in ("NCHW", "channels_last")
     assert rate["precision"] == "float32"
-    half = B.conv_rate(64, repeat=1, dtype=torch.bfloat16)  # under autocast, as bf16 training
+    half = conv_rate(64, repeat=1, dtype=torch.bfloat16)  # under autocast, as bf16 training
     assert half["precision"] == "bfloat16" and half["gflops"] == rate["gflops"]
-    assert [B.precision_dtype(B.precision_name(d)) for d in (None, torch.bfloat16)] == [
+    assert [precision_dtype(precision_name(d)) for d in (None, torch.bfloat16)] == [
         None, torch.bfloat16]
 
 
@@ -54,28 +63,28 @@ def test_stage_timer_times_modules_and_methods_and_unhooks():
             return self.decode(self.body(x))
 
     net, x = Net(), torch.rand(2, 4)
-    with B.stage_timer(net, {"body": ("body",), "decode": ("decode",)}) as spent:
+    with stage_timer(net, {"body": ("body",), "decode": ("decode",)}) as spent:
         y = net(x)
     assert spent["decode"] >= 0.01 and spent["body"] > 0
     assert torch.equal(y, net(x))
     # afterwards nothing is hooked or wrapped
     assert "decode" not in vars(net) and not net.body._forward_hooks
-    with B.stage_timer(net, {"decode": ("decode",)}) as spent:
+    with stage_timer(net, {"decode": ("decode",)}) as spent:
         pass
     assert spent == {"decode": 0.0}
 
 
 def test_every_stage_of_spatialflow_is_timed():
     """Each module and method STAGES names runs in an eval forward (none is silently 0)."""
-    model, _, _ = B.build_spatialflow(preset="tiny-cpu")
-    each = {path: (path,) for paths in B.STAGES.values() for path in paths}
-    with torch.inference_mode(), B.stage_timer(model, each) as spent:
+    model, _, _ = build_spatialflow(preset="tiny-cpu")
+    each = {path: (path,) for paths in STAGES.values() for path in paths}
+    with torch.inference_mode(), stage_timer(model, each) as spent:
         model([torch.rand(3, 64, 80)])
     assert all(v > 0 for v in spent.values()), spent
 
 
 def test_inference_bench_on_tiny_models():
-    result = B.run_inference_bench(sizes=[64], repeat=1, preset="tiny-cpu", progress=None,
+    result = run_inference_bench(sizes=[64], repeat=1, preset="tiny-cpu", progress=None,
                                    models=["SpatialFlow R50", "naive baseline R50",
                                            "Mask R-CNN R50-FPN"])
     rows = {r["model"]: r for r in result["rows"]}
@@ -97,10 +106,10 @@ def test_inference_bench_on_tiny_models():
     assert result["ratios"][0]["post_share"] == pytest.approx(
         sf["split"]["post-processing"] / sf["seconds"])
     assert [p["layout"] for p in result["peak"]] == ["NCHW", "channels_last"]
-    text = B.format_inference(result)
+    text = format_inference(result)
     assert "| 64x85 | SpatialFlow R50 |" in text and "SpatialFlow / Mask R-CNN time" in text
     with pytest.raises(ValueError, match="unknown models"):
-        B.run_inference_bench(sizes=[64], models=["nope"], progress=None)
+        run_inference_bench(sizes=[64], models=["nope"], progress=None)
 
 
 def test_bench_cli_writes_json_and_markdown(tmp_path, capsys):
@@ -127,15 +136,15 @@ def test_training_and_quality_tables():
            "gflop_per_s": 58.0, "peak_rss_mb": 900.4, "peak_gpu_mb": None}
     rates = {"bfloat16": {"layout": "NCHW", "shape": "100x134", "gflop_per_s": 72.5},
              "float32": {"layout": "channels_last", "shape": "100x134", "gflop_per_s": 29.0}}
-    text = B.format_training([row, dict(row, label="y", precision="float32")], rates)
+    text = format_training([row, dict(row, label="y", precision="float32")], rates)
     # each step against the rate in its own precision
     assert "| x | 256x256 x 4 | bfloat16 | 2.50 | 1.60 | 92.8 | 58 | 80% | 900 | - |" in text
     assert "| y | 256x256 x 4 | float32 | 2.50 | 1.60 | 92.8 | 58 | 200% | 900 | - |" in text
     assert "convolution rate in bfloat16: 72 GFLOP/s" in text
     assert "256 x 100x134 input, NCHW" in text and "in float32: 29 GFLOP/s" in text
-    assert "| 58 | - | 900 |" in B.format_training([row])
+    assert "| 58 | - | 900 |" in format_training([row])
     run = {"pq": 20.0, "pq_th": 0.0, "pq_st": 40.0, "ap": 0.1}
-    text = B.format_quality({"runs": [
+    text = format_quality({"runs": [
         {"minutes": 1, "seed": 0, "max_iters": 40, "iteration": 37, "train_s": 61.2, **run}],
         "median": [{"minutes": 1, "seeds": [0], "iteration": 37, "max_iters": 40,
                     "train_s": 61.2, **run}]})
@@ -150,14 +159,14 @@ def test_training_peak_memory_is_the_child_s_own():
     ballast = torch.ones(2**31, dtype=torch.uint8)  # 2 GiB touched in this process
     del ballast
     gc.collect()
-    assert B.peak_rss_mb() >= 2048
-    row = B.training_throughput("tiny-cpu", ["model.fpn_channels=16"], size=64, batch=2,
+    assert peak_rss_mb() >= 2048
+    row = training_throughput("tiny-cpu", ["model.fpn_channels=16"], size=64, batch=2,
                                 steps=1, warmup=0)
     assert 100 < row["peak_rss_mb"] < 1500
 
 
 def test_training_throughput_in_a_fresh_process():
-    row = B.training_throughput("tiny-cpu", ["model.fpn_channels=16"], size=64, batch=2, steps=2)
+    row = training_throughput("tiny-cpu", ["model.fpn_channels=16"], size=64, batch=2, steps=2)
     assert row["batch"] == 2 and row["size"] == [128, 128]  # padded to a multiple of 128
     assert row["images_per_s"] > 0 and row["step_s"] > 0
     assert 100 < row["peak_rss_mb"] < 8000 and row["peak_gpu_mb"] is None
@@ -166,7 +175,7 @@ def test_training_throughput_in_a_fresh_process():
 
 def test_training_throughput_side_by_side():
     """Two processes train at once, one thread each; the row is the slower one's."""
-    row = B.training_throughput("tiny-cpu", ["model.fpn_channels=16", "train.amp=false"],
+    row = training_throughput("tiny-cpu", ["model.fpn_channels=16", "train.amp=false"],
                                 size=64, batch=2, steps=1, warmup=0, processes=2)
     assert row["threads"] == 1 and row["precision"] == "float32" and row["step_s"] > 0
 
@@ -177,7 +186,7 @@ def test_quality_per_minute_trains_one_run_per_mark_and_seed(tmp_path):
     from spatialflow.studies import QUICK_OVERRIDES
 
     quick = [o for o in QUICK_OVERRIDES if not o.startswith("train.max_iters")]
-    result = B.quality_per_minute(tmp_path, minutes=[0.0001, 0.05], overrides=quick,
+    result = quality_per_minute(tmp_path, minutes=[0.0001, 0.05], overrides=quick,
                                   seeds=[0, 1], rate=1.0)
     runs = result["runs"]
     assert [(r["minutes"], r["seed"]) for r in runs] == [(0.0001, 0), (0.0001, 1), (0.05, 0),
@@ -190,11 +199,11 @@ def test_quality_per_minute_trains_one_run_per_mark_and_seed(tmp_path):
     med = result["median"][1]
     assert med["minutes"] == 0.05 and med["seeds"] == [0, 1]
     assert med["pq"] == pytest.approx((runs[2]["pq"] + runs[3]["pq"]) / 2)
-    assert "(median)" in B.format_quality(result)
+    assert "(median)" in format_quality(result)
     # the evaluation speed of one of those runs, on a fresh synthetic val split
-    row = B.evaluation_speed(tmp_path / "min0.05" / "seed0", tmp_path / "speed", images=6)
+    row = evaluation_speed(tmp_path / "min0.05" / "seed0", tmp_path / "speed", images=6)
     assert row["images"] == 6 and row["size"] == 128  # the run's synthetic size
     assert row["seconds"] == pytest.approx(row["predict_s"] + row["score_s"])
     assert row["images_per_s"] == pytest.approx(6 / row["seconds"]) and 0 <= row["pq"] <= 100
     assert len(list((tmp_path / "speed" / "eval" / "panoptic_pred").glob("*.png"))) == 6
-    assert "| 6 | 128 |" in B.format_evaluation(row)
+    assert "| 6 | 128 |" in format_evaluation(row)

@@ -99,7 +99,7 @@ def test_r50_cityscapes_predicts_a_full_size_frame_with_its_thresholds(tmp_path,
     from spatialflow.config import config_to_dict, load_config
     from spatialflow.data.categories import CategoryMap
     from spatialflow.engine.predict import merge_kwargs
-    from spatialflow.engine.train import FINAL, save_checkpoint
+    from spatialflow.engine.runs import FINAL, save_checkpoint
     from spatialflow.model import build_model
 
     cats = CategoryMap.from_coco([{"id": l.id, "name": l.name, "isthing": int(l.hasInstances),

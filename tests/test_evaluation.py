@@ -8,6 +8,7 @@ import torch
 from spatialflow.config import InferConfig
 from spatialflow.data.coco_panoptic import CocoPanopticDataset
 from spatialflow.data.synthetic import make_synthetic
+from spatialflow.engine.runs import Predictor
 from spatialflow.evaluation import (box_ap, evaluate, format_metrics, gt_boxes_from_panoptic,
                                     present_categories)
 
@@ -35,9 +36,15 @@ class Oracle(torch.nn.Module):
                  "sem_seg": t["sem_seg"].clamp(max=self.dataset.categories.other_index)}]
 
 
-def test_oracle_scores_100(synth, tmp_path):
+def score(model, synth, out, **kwargs):
+    """Predict ``synth`` with ``model`` and score it (``Predictor.evaluate``)."""
     infer = InferConfig(stuff_area=0, box_fill_enabled=False)
-    m = evaluate(Oracle(synth), synth, tmp_path, infer, test_size=96, progress=False)
+    return Predictor(model, synth.categories, infer, test_size=96).evaluate(
+        synth, out, progress=False, **kwargs)
+
+
+def test_oracle_scores_100(synth, tmp_path):
+    m = score(Oracle(synth), synth, tmp_path)
     for key in ("All", "Things", "Stuff"):
         assert m["panoptic"][key]["pq"] == pytest.approx(1.0)
     assert m["bbox"]["AP"] == pytest.approx(1.0) and m["bbox"]["AP50"] == pytest.approx(1.0)
@@ -61,19 +68,37 @@ def test_oracle_scores_100(synth, tmp_path):
 
 
 def test_degraded_predictions_score_lower(synth, tmp_path):
-    infer = InferConfig(stuff_area=0, box_fill_enabled=False)
-    m = evaluate(Oracle(synth, drop_things=True), synth, tmp_path, infer, test_size=96,
-                 progress=False)
+    m = score(Oracle(synth, drop_things=True), synth, tmp_path)
     assert m["panoptic"]["Things"]["pq"] == 0.0 and m["bbox"]["AP"] == 0.0
     assert m["panoptic"]["Stuff"]["pq"] == pytest.approx(1.0)
-    m = evaluate(Oracle(synth, shift=2.0), synth, tmp_path / "shift", infer, test_size=96,
-                 progress=False)
+    m = score(Oracle(synth, shift=2.0), synth, tmp_path / "shift")
     assert m["bbox"]["AP"] < 1.0                                      # shifted boxes
     assert m["panoptic"]["All"]["pq"] == pytest.approx(1.0)          # masks untouched
-    m = evaluate(Oracle(synth), synth, tmp_path / "subset", infer, test_size=96, max_images=3,
-                 progress=False)                                      # a subset of the images
+    m = score(Oracle(synth), synth, tmp_path / "subset", max_images=3)  # a subset of the images
     assert m["panoptic"]["All"]["pq"] == pytest.approx(1.0) and m["bbox"]["AP"] == pytest.approx(1.0)
     assert (tmp_path / "subset" / "panoptic_gt_subset.json").is_file()
+
+
+def test_evaluate_scores_written_predictions(synth, tmp_path):
+    """``evaluate`` scores files only: predictions written by one evaluation score the same
+    when read back, on the images they cover, with box AP given the detections."""
+    model = Oracle(synth, shift=2.0)
+    infer = InferConfig(stuff_area=0, box_fill_enabled=False)
+    predictor = Predictor(model, synth.categories, infer, test_size=96)
+    from spatialflow.evaluation import PanopticEvaluator
+
+    written = PanopticEvaluator(synth, tmp_path / "run")
+    for _, rec, out, pan, segments in predictor.predict_dataset(synth, range(4), False):
+        written.add(rec, out, pan, segments)
+    expected = written.compute()
+    again = evaluate(synth.panoptic_json, synth.panoptic_dir, tmp_path / "run" / "panoptic_pred.json",
+                     tmp_path / "run" / "panoptic_pred", written.detections, tmp_path / "again")
+    assert again == expected and 0 < again["bbox"]["AP"] < 1
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text()) == json.loads(
+        json.dumps(expected))
+    masks_only = evaluate(synth.panoptic_json, synth.panoptic_dir,
+                          tmp_path / "run" / "panoptic_pred.json", tmp_path / "run" / "panoptic_pred")
+    assert masks_only == {"panoptic": expected["panoptic"]}     # no detections: no box AP
 
 
 def test_box_ap_of_gt_against_itself(synth):

@@ -16,7 +16,9 @@ import torch
 import spatialflow.engine.train as train_module
 from spatialflow.cli import main
 from spatialflow.engine.faults import StopSignals, agree, grads_finite, nonfinite_terms
-from spatialflow.engine.train import CHECKPOINT, FINAL, load_checkpoint, save_checkpoint, train
+from spatialflow.engine.runs import (CHECKPOINT, FINAL, LOCK, Predictor, RunBusy, load_checkpoint,
+                                     save_checkpoint)
+from spatialflow.engine.train import train
 from spatialflow.errors import TrainingDiverged
 from conftest import FAST, fast
 
@@ -223,6 +225,38 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(data_root, tmp
     assert load_checkpoint(run / FINAL)["iteration"] == 10 and not tmp.exists()
     iters = [r["iter"] for r in records(run)]
     assert iters == [5, 10], iters
+
+
+def test_one_writer_per_run_folder(data_root, tmp_path):
+    """While a run trains, a second writer (``train --resume``, ``train --out`` again, a study's
+    ``train()``) is refused at once: exit 2 and one line naming the folder and the holder.
+    Readers read. A lock left by a SIGKILLed trainer is taken over by the next writer."""
+    run = tmp_path / "run"
+    sets = FAST + [f"data.root={data_root}", "train.max_iters=5000", "train.checkpoint_every=2",
+                   "train.optimizer=sgd"]  # (still training when the checks are done)
+    proc = _spawn(["--set", *sets, "--out", str(run)])
+    try:
+        _wait_for(lambda: (run / CHECKPOINT).is_file(), proc)
+        assert (run / LOCK).read_text().split()[0] == str(proc.pid)
+        for args in (["--resume", "--out", str(run)], ["--set", *sets, "--out", str(run)]):
+            second = subprocess.run([sys.executable, "-m", "spatialflow.cli", "train", *args],
+                                    capture_output=True, text=True, timeout=300)
+            lines = second.stderr.strip().splitlines()
+            assert second.returncode == 2 and len(lines) == 1, second.stderr[-2000:]
+            assert str(run) in lines[0] and f"process {proc.pid}" in lines[0], lines
+        with pytest.raises(RunBusy, match=f"process {proc.pid}"):
+            train(None, run, resume=True, progress=False)
+        image = torch.rand(3, 40, 50)
+        assert Predictor.from_run(run)(image)["panoptic"].shape == (40, 50)  # a reader
+        assert proc.poll() is None                                      # untouched by all this
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    assert (run / LOCK).is_file()                          # left behind by the killed trainer
+    start = load_checkpoint(run / CHECKPOINT)["iteration"]
+    train(None, run, resume=True, progress=False, stop_at=start + 1)   # taken over
+    assert load_checkpoint(run / CHECKPOINT)["iteration"] == start + 1
+    assert not (run / LOCK).exists()                       # and given back
 
 
 def test_an_unreadable_training_image_ends_the_run_with_one_line(data_root, tmp_path):

@@ -3,7 +3,7 @@ report that says where a model that did not learn them fails."""
 
 import json
 
-from spatialflow.memorisation import format_memorisation, memorise, sample_root
+from spatialflow.benchmark.memorisation import format_memorisation, memorise, sample_root
 
 
 def test_a_few_iterations_on_the_coco_sample_lower_the_losses(coco_sample, tmp_path):

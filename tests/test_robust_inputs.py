@@ -207,15 +207,13 @@ def test_dataset_checks_its_pngs_against_the_turned_image(tmp_path):
 # --- tiny and extreme images through the whole prediction path ------------------------------
 @pytest.mark.parametrize("h, w", [(1, 1), (1, 300), (300, 1), (2, 3)])
 def test_predict_image_on_tiny_and_thin_images(tiny_run, h, w):
-    from spatialflow.engine.predict import predict_image
-    from spatialflow.engine.train import load_run
+    from spatialflow.engine.runs import Predictor
 
     # every detection kept, so that boxes, masks and the merge all see the thin image
-    cfg, model, cats = load_run(tiny_run[0], overrides=[
-        "infer.score_thresh=0", "infer.mask_conf=0", "infer.stuff_area=0"])
+    predictor = Predictor.from_run(tiny_run[0], score_thresh=0, mask_conf=0, stuff_area=0)
     image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(h * 1000 + w))
-    out, pan, segments = predict_image(model, image, cats, cfg.infer, cfg.data.test_size,
-                                       cfg.data.max_size)
+    result = predictor(image, raw=True)
+    out, pan, segments = result["raw"], result["panoptic"], result["segments_info"]
     assert pan.shape == (h, w) and out["sem_seg"].shape[-2:] == (h, w)
     assert set(np.unique(pan).tolist()) - {0} == {s["id"] for s in segments}
     assert len(out["boxes"]) > 0                               # detections were made and merged
@@ -290,17 +288,17 @@ def _break_two(root):
 
 
 def test_evaluate_skips_unreadable_items_and_reports_them(tiny_run, tmp_path):
-    from spatialflow.engine.train import load_run
-    from spatialflow.evaluation import SkippedItemWarning, evaluate
+    from spatialflow.engine.runs import Predictor
+    from spatialflow.evaluation import SkippedItemWarning
 
     root = _val_copy(tiny_run[1], tmp_path / "data")
     bad_image_id, bad_png_id, img, png = _break_two(root)
-    cfg, model, _ = load_run(tiny_run[0])
+    predictor = Predictor.from_run(tiny_run[0])
     ds = CocoPanopticDataset.from_root(root, "val")
     seen = []
     with pytest.warns(SkippedItemWarning) as caught:
-        metrics = evaluate(model, ds, tmp_path / "eval", cfg.infer, cfg.data.test_size,
-                           cfg.data.max_size, progress=False, on_skip=lambda *s: seen.append(s))
+        metrics = predictor.evaluate(ds, tmp_path / "eval", progress=False,
+                                     on_skip=lambda *s: seen.append(s))
     assert len([w for w in caught if w.category is SkippedItemWarning]) == 2
     assert set(metrics) == {"panoptic", "bbox"}                 # the documented shape
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -316,23 +314,21 @@ def test_evaluate_skips_unreadable_items_and_reports_them(tiny_run, tmp_path):
     # evaluating only the good image into the same folder removes the stale skipped.json
     good = CocoPanopticDataset.from_root(root, "val")
     good.records = [r for r in good.records if r["image_id"] not in (bad_image_id, bad_png_id)]
-    evaluate(model, good, tmp_path / "eval", cfg.infer, cfg.data.test_size, cfg.data.max_size,
-             progress=False)
+    predictor.evaluate(good, tmp_path / "eval", progress=False)
     assert not (tmp_path / "eval" / "skipped.json").exists()
     # nothing readable: a DatasetError, with the list written
     for rec in ds.records:
         rec["image_path"].write_bytes(b"")
     with pytest.warns(SkippedItemWarning), pytest.raises(DatasetError,
                                                          match=r"no image to score: 3 could not"):
-        evaluate(model, ds, tmp_path / "none", cfg.infer, cfg.data.test_size, progress=False)
+        predictor.evaluate(ds, tmp_path / "none", progress=False)
     assert len(json.loads((tmp_path / "none" / "skipped.json").read_text())) == 3
 
 
 def test_evaluate_fills_missing_area_bbox_iscrowd_from_the_png(tiny_run, tmp_path):
     """panopticapi reads ``area`` and ``iscrowd`` of every ground-truth segment and the box
     ground truth its ``bbox``; the reader does not need them, so they are taken from the PNG."""
-    from spatialflow.engine.train import load_run
-    from spatialflow.evaluation import evaluate
+    from spatialflow.engine.runs import evaluate_run
 
     root = _val_copy(tiny_run[1], tmp_path / "data")
     js = root / "panoptic_val.json"
@@ -342,10 +338,8 @@ def test_evaluate_fills_missing_area_bbox_iscrowd_from_the_png(tiny_run, tmp_pat
             for key in ("area", "bbox", "iscrowd"):
                 seg.pop(key, None)
     js.write_text(json.dumps(data))
-    cfg, model, _ = load_run(tiny_run[0])
     ds = CocoPanopticDataset.from_root(root, "val")
-    metrics = evaluate(model, ds, tmp_path / "eval", cfg.infer, cfg.data.test_size,
-                       cfg.data.max_size, progress=False)
+    metrics = evaluate_run(tiny_run[0], ds, tmp_path / "eval", progress=False)
     assert set(metrics) == {"panoptic", "bbox"} and metrics["panoptic"]["All"]["n"] > 0
     gt = json.loads((tmp_path / "eval" / "panoptic_gt_subset.json").read_text())
     rec = ds.annotation(0)

@@ -8,6 +8,7 @@ import torch
 from spatialflow.config import load_config
 from spatialflow.data.coco_panoptic import CocoPanopticDataset
 from spatialflow.data.synthetic import make_synthetic
+from spatialflow.engine.runs import Predictor
 from spatialflow.model import build_model
 from spatialflow.studies import (PAPER, Variant, components_variants, config_key,
                                  describe_differences, describe_plan, describe_speed,
@@ -119,7 +120,8 @@ def test_speed_vs_scale(data_root, tmp_path):
     torch.manual_seed(0)
     val = CocoPanopticDataset.from_root(data_root, "val")
     model = build_model(load_config("tiny-cpu"), val.categories).eval()
-    rows = speed_vs_scale(model, val, [64, 96], max_images=2, out=tmp_path, progress=False)
+    predictor = Predictor(model, val.categories, test_size=96)
+    rows = speed_vs_scale(predictor, val, [64, 96], max_images=2, out=tmp_path, progress=False)
     assert [r["scale"] for r in rows] == [64, 96]
     assert [r["padded"] for r in rows] == [128, 128]  # tiny-cpu pads to a multiple of 128
     for r in rows:

@@ -8,8 +8,9 @@ import torch
 from spatialflow.cli import main
 from spatialflow.config import load_config
 from spatialflow.model import build_model
-from spatialflow.model.summary import (TOTAL, format_summary_table, model_summary,
-                                       reference_retinanet, summary_categories)
+from spatialflow.benchmark.info import reference_retinanet
+from spatialflow.benchmark.models import summary_categories
+from spatialflow.model.summary import TOTAL, format_summary_table, model_summary
 
 PARTS = {"backbone": "backbone.body", "fpn": "backbone.fpn", "cls tower": "subnets.cls_tower",
          "reg tower": "subnets.reg_tower", "stuff tower": "subnets.stuff_tower",

@@ -13,10 +13,10 @@ from pycocotools.coco import COCO
 
 from spatialflow.data.synthetic import (
     SYNTHETIC_CATEGORIES,
-    format_summary,
+    format_data_stats,
     make_synthetic,
     render_scene,
-    summarize,
+    data_stats,
 )
 from spatialflow.errors import InputError
 
@@ -234,7 +234,7 @@ def test_perspective_far_cars_are_smaller(scenes):
 
 def test_summarize_and_format(data):
     out, _ = data
-    summary = summarize(out)
+    summary = data_stats(out)
     assert set(summary) == {"train", "val"}
     for split, n in (("train", 12), ("val", 6)):
         s = summary[split]
@@ -245,7 +245,7 @@ def test_summarize_and_format(data):
         assert s["segments"]["sky"] == {"isthing": 0, "normal": n, "crowd": 0}
         assert s["thing_scale_ratio"] == pytest.approx(s["thing_sqrt_area_max"] / s["thing_sqrt_area_min"])
         assert 1 <= s["stuff_classes_present"] <= 5
-    text = format_summary(summary)
+    text = format_data_stats(summary)
     assert "train" in text and "val" in text and "person" in text and "mountain" in text
     assert len(text.splitlines()) >= 10
 
@@ -275,4 +275,4 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(InputError):
         make_synthetic(tmp_path / "x", num_train=-1, num_val=0, size=64, progress=False)
     with pytest.raises(InputError):
-        summarize(tmp_path / "missing")
+        data_stats(tmp_path / "missing")

@@ -255,7 +255,7 @@ def _subparsers(parser):
 def test_full_commands_parse_and_their_settings_are_accepted():
     from spatialflow.cli import build_parser
     from spatialflow.config import apply_overrides, load_config
-    from spatialflow.engine.train import INFERENCE_KEYS
+    from spatialflow.engine.runs import INFERENCE_KEYS
 
     lines = _command_lines()
     assert len(lines) >= 8

@@ -10,8 +10,9 @@ import torch
 
 from spatialflow.cli import main
 from spatialflow.config import config_to_dict, load_config
-from spatialflow.engine.train import (TrainBatches, load_checkpoint, load_run, lr_scheduler,
-                                      train)
+from spatialflow.engine.runs import load_checkpoint, load_run
+from spatialflow.data.sampling import TrainBatches
+from spatialflow.engine.train import lr_scheduler, train
 from conftest import FAST, fast, free_port
 
 

@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from spatialflow.config import ConfigError, InferConfig, load_config
 from spatialflow.data.categories import CategoryMap
 from spatialflow.data.synthetic import SYNTHETIC_CATEGORIES
-from spatialflow.engine.predict import (augmentations, flip_boxes, merge_kwargs, predict_image,
+from spatialflow.engine.predict import (augmentations, flip_boxes, merge_kwargs,
                                         predict_raw, predict_tta, prepare_image)
+from spatialflow.engine.runs import Predictor
 from spatialflow.panoptic import merge_outputs
 from spatialflow.model import build_model
 
@@ -104,10 +105,11 @@ def test_multi_scale_flip_averages_stuff_and_pools_detections(model):
     assert out["masks"].min() >= 0 and out["masks"].max() <= 1
 
 
-def test_predict_image_uses_tta_when_asked(model):
+def test_the_predictor_uses_tta_when_asked(model):
     x = image(64, 64, seed=5)
     infer = InferConfig(tta_flip=True, stuff_area=0)
-    out, pan, segments = predict_image(model, x, CATS, infer, test_size=64)
+    result = Predictor(model, CATS, infer, test_size=64)(x, raw=True)
+    out, pan, segments = result["raw"], result["panoptic"], result["segments_info"]
     assert torch.equal(out["sem_seg"], predict_tta(model, x, infer, 64)["sem_seg"])
     assert pan.shape == (64, 64) and segments
 
@@ -132,7 +134,8 @@ def test_masks_of_usable_detections_only_give_the_same_result(model, tta):
     assert len(full["masks"]) == len(full["scores"]) > 4
     assert (full["scores"][:-1] >= full["scores"][1:]).all()
     infer.mask_conf = float(full["scores"][len(full["scores"]) // 2])  # about half the detections
-    out, pan, segments = predict_image(model, x, CATS, infer, test_size=96)
+    result = Predictor(model, CATS, infer, test_size=96)(x, raw=True)
+    out, pan, segments = result["raw"], result["panoptic"], result["segments_info"]
     m = int((full["scores"] >= infer.mask_conf).sum())
     assert 0 < m == len(out["masks"]) < len(out["scores"])
     for k in ("boxes", "scores", "labels", "sem_seg"):

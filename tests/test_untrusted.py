@@ -12,7 +12,7 @@ import torch
 from spatialflow.cli import main
 from spatialflow.config import config_to_dict, load_config
 from spatialflow.data.categories import CategoryMap
-from spatialflow.engine.train import load_checkpoint, load_run, load_weights, save_checkpoint
+from spatialflow.engine.runs import load_checkpoint, load_run, load_weights, save_checkpoint
 from spatialflow.errors import InputError
 from spatialflow.model import build_model
 from conftest import TINY_CATEGORIES

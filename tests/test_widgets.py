@@ -259,7 +259,7 @@ def test_pure_helpers():
 
 def test_with_a_real_tiny_model_and_from_run(ds, tmp_path):
     from spatialflow.config import config_to_dict, load_config
-    from spatialflow.engine.train import FINAL, save_checkpoint
+    from spatialflow.engine.runs import FINAL, save_checkpoint
     from spatialflow.model.spatialflow import build_model
 
     cfg = load_config("tiny-cpu", ["model.fpn_channels=16", "model.stuff_head_channels=8",
@@ -412,7 +412,7 @@ def test_a_model_of_other_categories_is_refused(ds):
 
 def test_from_run_refuses_other_categories_and_folders_that_are_not_runs(ds, tmp_path):
     from spatialflow.config import config_to_dict, load_config
-    from spatialflow.engine.train import FINAL, save_checkpoint
+    from spatialflow.engine.runs import FINAL, save_checkpoint
     from spatialflow.model.spatialflow import build_model
 
     cfg = load_config("tiny-cpu", ["model.fpn_channels=16", "model.stuff_head_channels=8",

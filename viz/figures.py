@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image
 
 from spatialflow.data.coco_panoptic import CocoPanopticDataset
-from spatialflow.engine.predict import predict_image, to_tensor
-from spatialflow.engine.train import load_run
+from spatialflow.engine.predict import to_tensor
+from spatialflow.engine.runs import Predictor
 from spatialflow.studies import (QUICK_OVERRIDES, components_variants, describe_plan, plan_study,
                                  run_study)
 from viz.cam import cam_examples, flows_comparison_figure
@@ -52,8 +52,9 @@ def make_figures(out, study="runs/studies", base: str = "tiny-cpu",
         print(describe_plan(plan_study(variants, seeds, study, base, overrides, workers)))
     rows = run_study(variants, seeds, study, base, overrides, progress, workers=workers)
     run = {r["variant"]: r["run"] for r in rows if r["seed"] == seeds[0]}
-    cfg, model, categories = load_run(run["+ both"])
-    without = load_run(run["+ sub-networks"])[1]
+    predictor = Predictor.from_run(run["+ both"])
+    cfg, model, categories = predictor.config, predictor.model, predictor.categories
+    without = Predictor.from_run(run["+ sub-networks"]).model
     data = CocoPanopticDataset.from_root(cfg.data.root, split or cfg.data.val_split)
     examples = cam_examples(data, images)
     if not examples:
@@ -62,10 +63,10 @@ def make_figures(out, study="runs/studies", base: str = "tiny-cpu",
     views = []
     for index, _, _ in examples:
         image, gt, record = data.load(index)
-        _, pan, segments = predict_image(model, to_tensor(image), categories, cfg.infer,
-                                         cfg.data.test_size, cfg.data.max_size)
+        result = predictor(image)
         views.append(render_view(image, [("ground truth", gt, record["segments_info"]),
-                                         ("SpatialFlow", pan, segments)], categories))
+                                         ("SpatialFlow", result["panoptic"],
+                                          result["segments_info"])], categories))
     gap = np.full((6, views[0].shape[1], 3), 255, np.uint8)
     overlay = np.concatenate([v for view in views for v in (view, gap)][:-1])
     paths = {name: out / name for name in FIGURES}

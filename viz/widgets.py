@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from spatialflow.config import InferConfig
 from spatialflow.data.categories import CategoryMap
-from spatialflow.data.coco_panoptic import check_segment_ids
+from spatialflow.data.coco_panoptic import CocoPanopticDataset, check_segment_ids
+from spatialflow.engine.runs import Predictor, find_checkpoint, prepare_data
 from spatialflow.errors import DatasetError, InputError
 from spatialflow.evaluation import image_pq
 from spatialflow.panoptic import merge_outputs
@@ -41,7 +43,7 @@ THRESHOLD_KEYS = ("mask_conf", "overlap", "stuff_area", "box_fill", "box_fill_en
 #: height in pixels of the caption strip :func:`render_panel` draws above a titled panel
 CAPTION_HEIGHT = 14
 
-Predictor = Callable[[np.ndarray], dict]
+PredictFn = Callable[[np.ndarray], dict]
 
 
 # --- pure rendering --------------------------------------------------------------------------
@@ -153,31 +155,21 @@ def pq_html(name: str, result: Optional[dict]) -> str:
 
 
 # --- models as predict functions ---------------------------------------------------------------
-def model_predictor(model, categories: CategoryMap, infer: InferConfig = InferConfig(),
-                    test_size: int = 800, max_size: Optional[int] = 1333,
-                    device: str = "cpu") -> Predictor:
+def as_predict_fn(model, categories: CategoryMap, infer: InferConfig, test_size: int,
+                  max_size: Optional[int], device: str) -> Optional[PredictFn]:
     """A predict function ``image uint8[H,W,3] -> raw output`` (``boxes``, ``scores``,
-    ``labels``, ``masks``, ``sem_seg`` at the image size) that runs ``model`` with
-    :func:`spatialflow.engine.predict.predict_raw` (resize to ``test_size``, TTA when
-    ``infer`` asks for it)."""
-    from spatialflow.engine.predict import predict_raw, to_tensor
-
-    def predict(image: np.ndarray) -> dict:
-        return predict_raw(model, to_tensor(image), infer, test_size, max_size, device)
-
-    return predict
-
-
-def as_predictor(model, categories: CategoryMap, infer: InferConfig, test_size: int,
-                 max_size: Optional[int], device: str) -> Optional[Predictor]:
-    """``None`` for ``None``; a ``torch.nn.Module`` through :func:`model_predictor`; any other
-    callable is taken as a predict function ``image uint8[H,W,3] -> raw output dict``."""
+    ``labels``, ``masks`` of every detection, ``sem_seg``, at the image size; the explorer
+    merges it with its sliders' thresholds): :meth:`Predictor.raw
+    <spatialflow.engine.runs.Predictor.raw>` of a :class:`~spatialflow.engine.runs.Predictor`,
+    or of a ``torch.nn.Module`` wrapped in one with ``infer``, ``test_size``, ``max_size`` and
+    ``device``; any other callable is taken as a predict function itself; ``None`` for
+    ``None``."""
     if model is None:
         return None
-    import torch
-
+    if isinstance(model, Predictor):
+        return model.raw
     if isinstance(model, torch.nn.Module):
-        return model_predictor(model, categories, infer, test_size, max_size, device)
+        return Predictor(model, categories, infer, test_size, max_size, device).raw
     if callable(model):
         return model
     raise TypeError(f"model must be a torch.nn.Module or a predict function, got {type(model)}")
@@ -193,8 +185,6 @@ def resolve_splits(dataset, splits=None) -> "OrderedDict[str, object]":
     the ``{name: data set}`` mapping itself (``dataset`` then picks the first one shown, or is
     ``None``), or, with a mapping, the names to show in that order.
     """
-    from spatialflow.data.coco_panoptic import CocoPanopticDataset
-
     if isinstance(splits, Mapping):
         named = OrderedDict(splits)
         first = next((k for k, v in named.items() if v is dataset), None)
@@ -256,7 +246,7 @@ def check_model_categories(data_categories: CategoryMap, model, model_categories
     """Refuse a model trained on other categories than the data set's.
 
     With ``model_categories`` (the :class:`CategoryMap` the model was trained on, as
-    :func:`~spatialflow.engine.train.load_run` returns it) the dataset ids of things and
+    :class:`~spatialflow.engine.runs.Predictor` holds it) the dataset ids of things and
     stuff must be equal, as ``spatialflow evaluate`` requires; else a ``torch.nn.Module`` with
     ``num_things`` / ``num_sem_classes`` must have the data set's numbers of thing classes and
     stuff classes + 'other'. A predict function is not checked here (its labels are checked
@@ -276,10 +266,6 @@ def check_model_categories(data_categories: CategoryMap, model, model_categories
             f"and {int(sem) - 1} stuff classes + 'other'")
 
 
-def _run_name(run) -> str:
-    return (Path(run) if Path(run).is_dir() else Path(run).parent).name
-
-
 # --- the explorer -----------------------------------------------------------------------------
 class PanopticExplorer:
     """Browse a panoptic data set and a model's (or two models') predictions in a notebook.
@@ -288,7 +274,8 @@ class PanopticExplorer:
         dataset: a :class:`~spatialflow.data.CocoPanopticDataset`, a ``{split: data set}``
             mapping, or a data folder (see :func:`resolve_splits`).
         model: ``None`` (ground-truth browser), a ``torch.nn.Module`` (a SpatialFlow model in
-            eval mode, run as :func:`~spatialflow.engine.predict.predict_image` does), or a
+            eval mode, run as a :class:`~spatialflow.engine.runs.Predictor` with ``infer``,
+            ``test_size``, ``max_size`` and ``device``), a ``Predictor``, or a
             predict function ``image uint8[H,W,3] -> raw output dict`` (``boxes``, ``scores``,
             ``labels``, ``masks``, ``sem_seg`` at the image size).
         infer: the merge thresholds the sliders start from (and the model's TTA settings).
@@ -341,9 +328,9 @@ class PanopticExplorer:
                 check_model_categories(data.categories, m, cats,
                                        str(source) if source else f"data set '{split}'",
                                        f"model '{name}'")
-        self.models: List[Tuple[str, Predictor]] = []
+        self.models: List[Tuple[str, PredictFn]] = []
         for name, m in zip(names, (model, model_b)):
-            fn = as_predictor(m, first.categories, infer, test_size, max_size, device)
+            fn = as_predict_fn(m, first.categories, infer, test_size, max_size, device)
             if fn is not None:
                 self.models.append((str(name), fn))
         self._items = _LRU(4)
@@ -407,24 +394,22 @@ class PanopticExplorer:
     def from_run(cls, run, data=None, run_b=None, splits=None, names: Optional[Sequence[str]]
                  = None, device: str = "cpu", **kwargs) -> "PanopticExplorer":
         """An explorer of a trained run (folder or checkpoint, see
-        :func:`~spatialflow.engine.train.load_run`) on ``data`` (default: the run's
+        :class:`~spatialflow.engine.runs.Predictor`) on ``data`` (default: the run's
         ``data.root``, else the synthetic data in ``<run>/data``), with the run's inference
         settings and test size; ``run_b``: a second run for A/B mode."""
-        from spatialflow.engine.train import load_run
-
-        cfg, model, categories = load_run(run, device)
-        run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
-        root = Path(data) if data is not None else (
-            Path(cfg.data.root) if cfg.data.root else run_dir / "data")
-        model_b, categories_b = (load_run(run_b, device)[1:] if run_b is not None
-                                 else (None, None))
+        predictor = Predictor.from_run(run, device)
+        cfg = predictor.config
+        root = Path(data) if data is not None else prepare_data(cfg, predictor.run, write=False)
+        predictor_b = Predictor.from_run(run_b, device) if run_b is not None else None
         if names is None:
-            names = (run_dir.name, "B" if run_b is None else _run_name(run_b))
+            names = (predictor.run.name, "B" if run_b is None else predictor_b.run.name)
         kwargs.setdefault("infer", cfg.infer)
         kwargs.setdefault("test_size", cfg.data.test_size)
         kwargs.setdefault("max_size", cfg.data.max_size)
-        return cls(root, model, model_b=model_b, splits=splits, names=names, device=device,
-                   model_categories=categories, model_b_categories=categories_b, **kwargs)
+        return cls(root, predictor, model_b=predictor_b, splits=splits, names=names,
+                   device=device, model_categories=predictor.categories,
+                   model_b_categories=None if predictor_b is None else predictor_b.categories,
+                   **kwargs)
 
     @classmethod
     def open(cls, run=None, data=None, run_b=None, **kwargs) -> "PanopticExplorer":
@@ -432,8 +417,6 @@ class PanopticExplorer:
         with ``model_final.pt`` or ``checkpoint_last.pt``), else the ground-truth browser of
         ``data`` with a warning that no run was found (``ValueError`` if ``data`` is ``None``
         too)."""
-        from spatialflow.engine.train import find_checkpoint
-
         if find_checkpoint(run) is not None:
             return cls.from_run(run, data=data, run_b=run_b, **kwargs)
         if data is None:

@@ -681,7 +681,7 @@ def make_synthetic(out, num_train=200, num_val=50, size=128, seed=0, workers=Non
     return result
 
 
-def summarize(out) -> dict:
+def data_stats(out) -> dict:
     """Statistics of a dataset written by :func:`make_synthetic` (read from its panoptic JSONs).
 
     Returns ``{split: {"images", "segments": {name: {"isthing", "normal", "crowd"}},
@@ -725,8 +725,8 @@ def summarize(out) -> dict:
     return result
 
 
-def format_summary(summary: dict) -> str:
-    """Render :func:`summarize`'s result as a small text table (one column per split)."""
+def format_data_stats(summary: dict) -> str:
+    """Render :func:`data_stats`'s result as a small text table (one column per split)."""
     splits = list(summary)
 
     def num(v, fmt="{:.1f}"):

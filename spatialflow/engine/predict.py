@@ -1,8 +1,12 @@
-"""Inference over data sets and images: resize to the test size, run the model, merge."""
+"""Inference on one image (resize to the test size, run the model; test-time augmentation)
+and the writer of predicted files. :class:`~spatialflow.engine.runs.Predictor` holds a model
+and its settings and calls these."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, List, Optional, Tuple
+import json
+from pathlib import Path
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -10,11 +14,15 @@ import torch.nn.functional as nnf
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import batched_nms
 from torchvision.transforms.v2 import functional as F
+from tqdm import tqdm
 
 from spatialflow.config import InferConfig
+from spatialflow.data.panoptic_io import IMAGE_EXTENSIONS, read_image, write_panoptic_png
 from spatialflow.data.transforms import shortest_edge_size
+from spatialflow.errors import DatasetError, InputError
 from spatialflow.model.spatialflow import paste_masks
-from spatialflow.panoptic import merge_outputs, stuff_map
+from spatialflow.panoptic import stuff_map
+from spatialflow.render import panoptic_overlay, save_png, side_by_side
 
 
 def merge_kwargs(infer: InferConfig) -> dict:
@@ -116,65 +124,8 @@ def predict_raw(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
     return {k: v.cpu() for k, v in out.items()}
 
 
-def predict_image(model, image: torch.Tensor, categories, infer: InferConfig = InferConfig(),
-                  test_size: int = 800, max_size: Optional[int] = 1333,
-                  device: str = "cpu") -> Tuple[dict, "object", list]:
-    """:func:`predict_raw` and the panoptic merge with ``infer``'s thresholds: returns
-    ``(raw output at the original size, panoptic id map, segments_info)``. The output holds
-    the masks of the detections the merge can use only (score >= ``infer.mask_conf``).
-    Any image of at least 1 x 1 pixel works, thin ones included: the resize keeps every edge at
-    1 pixel or more and the model pads to its size divisibility (tested on 1x1, 1x300, 300x1)."""
-    out = predict_raw(model, image, infer, test_size, max_size, device, infer.mask_conf)
-    pan, segments = merge_outputs(out, categories, **merge_kwargs(infer))
-    return out, pan, segments
-
-
-def predict_dataset(model, dataset, infer: InferConfig = InferConfig(), test_size: int = 800,
-                    max_size: Optional[int] = 1333, device: str = "cpu",
-                    indices=None, progress: bool = True,
-                    on_error: Optional[Callable[[int, Exception], None]] = None,
-                    check: Optional[Callable[[np.ndarray, dict], None]] = None
-                    ) -> Iterator[tuple]:
-    """Yield ``(index, record, raw output, pan, segments_info)`` for the items of a
-    :class:`~spatialflow.data.CocoPanopticDataset` (read without its transforms), at their
-    original size.
-
-    Args:
-        on_error: called as ``on_error(index, error)`` for an item whose image or panoptic PNG
-            cannot be read (a :class:`~spatialflow.errors.DatasetError` from ``dataset.load``
-            or from ``check``); the item is then left out and the others go on. Without it,
-            the first such error is raised.
-        check: called as ``check(ground-truth id map, record)`` on each item before it is
-            predicted; raise ``DatasetError`` to refuse the item (e.g. PNG ids that do not
-            match ``segments_info``).
-    """
-    from tqdm import tqdm
-
-    from spatialflow.errors import DatasetError
-
-    indices = range(len(dataset)) if indices is None else list(indices)
-    for idx in tqdm(indices, desc="predict", unit="img", disable=not progress):
-        try:
-            image, gt_pan, rec = dataset.load(idx)
-            if check is not None:
-                check(gt_pan, rec)
-        except DatasetError as e:
-            if on_error is None:
-                raise
-            on_error(idx, e)
-            continue
-        tensor = to_tensor(image)
-        out, pan, segments = predict_image(model, tensor, dataset.categories, infer, test_size,
-                                           max_size, device)
-        yield idx, rec, out, pan, segments
-
-
 def list_images(inputs) -> list:
     """Image files named in ``inputs`` (files, or folders searched recursively), sorted."""
-    from pathlib import Path
-
-    from spatialflow.data.panoptic_io import IMAGE_EXTENSIONS
-    from spatialflow.errors import InputError
 
     files = []
     for item in inputs:
@@ -192,21 +143,14 @@ def list_images(inputs) -> list:
     return files
 
 
-def predict_files(model, categories, files, out_dir, infer: InferConfig = InferConfig(),
-                  test_size: int = 800, max_size: Optional[int] = 1333, device: str = "cpu",
-                  progress: bool = True):
-    """Predict image files and write ``out_dir/panoptic/*.png`` + ``out_dir/panoptic.json``
-    (COCO panoptic) and ``out_dir/overlays/*.png`` (image | prediction). A file that cannot be
-    read is skipped; returns ``(number written, [(file, reason), ...])``."""
-    import json
-    from pathlib import Path
+def write_predictions(predictor, files, out_dir, progress: bool = True):
+    """Predict image files with ``predictor`` (a :class:`~spatialflow.engine.runs.Predictor`)
+    and write ``out_dir/panoptic/*.png`` + ``out_dir/panoptic.json`` (COCO panoptic) and
+    ``out_dir/overlays/*.png`` (image | prediction). A file that cannot be read is skipped;
+    returns ``(number written, [(file, reason), ...])``."""
 
-    from tqdm import tqdm
 
-    from spatialflow.data.panoptic_io import read_image, write_panoptic_png
-    from spatialflow.errors import DatasetError
-    from spatialflow.render import panoptic_overlay, save_png, side_by_side
-
+    categories = predictor.categories
     out_dir = Path(out_dir)
     (out_dir / "panoptic").mkdir(parents=True, exist_ok=True)
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
@@ -220,9 +164,8 @@ def predict_files(model, categories, files, out_dir, infer: InferConfig = InferC
             continue
         stem = path.stem if path.stem not in stems else f"{path.stem}_{len(stems)}"
         stems.add(stem)
-        tensor = to_tensor(image)
-        _, pan, segments = predict_image(model, tensor, categories, infer, test_size, max_size,
-                                         device)
+        result = predictor(image)
+        pan, segments = result["panoptic"], result["segments_info"]
         image_id = len(images) + 1
         write_panoptic_png(out_dir / "panoptic" / f"{stem}.png", pan)
         overlay = panoptic_overlay(image, pan, segments, categories, boxes=True, labels=True)

@@ -240,10 +240,14 @@ class SpatialFlow(RetinaNet):
         detections = self.detect(head_outputs, anchors, feats, images.image_sizes)
         return images.image_sizes, towers["thing"], detections, stuff_logits
 
-def build_model(config: Union[Config, ModelConfig], categories: CategoryMap,
-                infer=None) -> SpatialFlow:
-    """A :class:`SpatialFlow` for ``categories`` from a :class:`Config` (or its ``model`` part
-    plus an optional ``infer`` part for the detection thresholds)."""
+def build_model(config: Union[Config, ModelConfig],
+                categories: Union[CategoryMap, Sequence[dict]], infer=None) -> SpatialFlow:
+    """A :class:`SpatialFlow` for ``categories`` (a :class:`CategoryMap`, or the plain COCO
+    category list of a panoptic JSON: ``[{"id", "name", "isthing"}, ...]``) from a
+    :class:`Config` (or its ``model`` part plus an optional ``infer`` part for the detection
+    thresholds)."""
+    if not isinstance(categories, CategoryMap):
+        categories = CategoryMap.from_coco(list(categories), source="build_model(categories=...)")
     if isinstance(config, Config):
         config, infer = config.model, config.infer
     m = config

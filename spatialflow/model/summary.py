@@ -27,14 +27,13 @@ Images are padded to a multiple of ``model.size_divisibility`` (128) before the 
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import DeformConv2d
 
-from spatialflow.data.categories import CategoryMap
 
 Size = Union[int, Sequence[int]]
 
@@ -59,7 +58,8 @@ OTHER = "other (anchors, post-processing)"
 TOTAL = "total"
 
 
-def _size(image_size: Size) -> Tuple[int, int]:
+def image_hw(image_size: Size) -> Tuple[int, int]:
+    """``(h, w)`` of an image size given as one int (a square) or a pair."""
     if isinstance(image_size, int):
         return image_size, image_size
     h, w = image_size
@@ -74,7 +74,8 @@ def _get(model: nn.Module, path: str) -> Optional[nn.Module]:
         return None
 
 
-def _params(module: Optional[nn.Module]) -> int:
+def param_count(module: Optional[nn.Module]) -> int:
+    """Parameters of ``module`` (0 for ``None``)."""
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
@@ -101,30 +102,69 @@ def _flops_under(counts: Dict[str, int], name: str) -> int:
     return total
 
 
-def _count(model: nn.Module, image: torch.Tensor):
-    """One forward pass under FlopCounterMode: ``(flops per module name, the root name,
-    analytic deformable-conv FLOPs per module name, detections of the image)``."""
-    names = {m: n for n, m in model.named_modules()}
-    deform: Dict[str, int] = {}
-    handles = []
-    for module in model.modules():
-        if isinstance(module, DeformConv2d):
-            def hook(mod, args, out):
-                deform[names[mod]] = deform.get(names[mod], 0) + _deform_conv_flops(mod, args, out)
-            handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            out = model([image])
-    finally:
-        for h in handles:
+class FlopCount:
+    """``with FlopCount(model) as count: ...``: the FLOPs of what runs inside, counted by
+    ``FlopCounterMode`` (a multiply-add = 2) plus, for ``model``'s ``DeformConv2d`` modules
+    (which the counter does not see), the analytic FLOPs of the equivalent plain conv.
+    ``count.total``: all FLOPs; ``count.by_module``: FlopCounterMode's per-module totals
+    (module names prefixed with the root module's class name, and ``"Global"``);
+    ``count.deform``: the deformable-conv FLOPs per module path. The one FLOP counter of the
+    project: ``spatialflow info`` and ``spatialflow bench`` both use it."""
+
+    def __init__(self, model: Optional[nn.Module] = None):
+        self.model = model
+        self.deform: Dict[str, int] = {}
+        self._counter = FlopCounterMode(display=False)
+        self._handles: list = []
+
+    def __enter__(self) -> "FlopCount":
+        if self.model is not None:
+            names = {m: n for n, m in self.model.named_modules()}
+            for module in self.model.modules():
+                if isinstance(module, DeformConv2d):
+                    def hook(mod, args, out):
+                        key = names[mod]
+                        self.deform[key] = self.deform.get(key, 0) + _deform_conv_flops(
+                            mod, args, out)
+                    self._handles.append(module.register_forward_hook(hook))
+        self._counter.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._counter.__exit__(*exc)
+        for h in self._handles:
             h.remove()
-    counts = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+        self._handles.clear()
+
+    @property
+    def by_module(self) -> Dict[str, int]:
+        return {k: sum(v.values()) for k, v in self._counter.get_flop_counts().items()}
+
+    @property
+    def total(self) -> int:
+        return self._counter.get_total_flops() + sum(self.deform.values())
+
+
+def count_flops(fn: Callable[[], object], model: Optional[nn.Module] = None) -> int:
+    """FLOPs of one call of ``fn`` (:class:`FlopCount`; give ``model`` to count its deformable
+    convs too)."""
+    with FlopCount(model) as count:
+        fn()
+    return count.total
+
+
+def _count(model: nn.Module, image: torch.Tensor):
+    """One forward pass under :class:`FlopCount`: ``(flops per module name, the root name,
+    analytic deformable-conv FLOPs per module name, detections of the image)``."""
+    with torch.inference_mode(), FlopCount(model) as count:
+        out = model([image])
+    counts = count.by_module
     # FlopCounterMode names modules by their fqn prefixed with the top module's class name
     # (and has a "Global" entry for everything)
     root = type(model).__name__
     if root not in counts:
         root = "Global"
-    return counts, root, deform, out[0]
+    return counts, root, count.deform, out[0]
 
 
 def model_summary(model: nn.Module, image_size: Size = 800,
@@ -143,7 +183,7 @@ def model_summary(model: nn.Module, image_size: Size = 800,
     the rows above the total sum to it, and their ``params`` sum to the model's parameters.
     See the module docstring for what is and is not counted.
     """
-    h, w = _size(image_size)
+    h, w = image_hw(image_size)
     if h < 1 or w < 1:
         raise ValueError(f"image_size must be positive, got {image_size!r}")
     image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed))
@@ -180,14 +220,14 @@ def model_summary(model: nn.Module, image_size: Size = 800,
         if offsets:
             off_flops = sum(_flops_under(counts, f"{root}.{path}.{n}")
                             for n, m in module.named_modules() if n.endswith("psi_offset"))
-            note.append(f"incl. psi_offset {sum(map(_params, offsets)) / 1e6:.3f} M params, "
+            note.append(f"incl. psi_offset {sum(map(param_count, offsets)) / 1e6:.3f} M params, "
                         f"{off_flops / 1e9:.2f} GFLOPs")
-        if path.startswith("subnets.") and "_to_" in path and _params(module) == 0:
+        if path.startswith("subnets.") and "_to_" in path and param_count(module) == 0:
             note.append("no conv with DCN: the flow feeds psi_offset in the tower")
         if path == "thing_head":
             note.append(f"{len(det['boxes'])} RoIs of 14x14 whatever the image size; RoIAlign "
                         f"not counted")
-        rows.append({"part": label.format(src=src, peer=peer), "params": _params(module),
+        rows.append({"part": label.format(src=src, peer=peer), "params": param_count(module),
                      "flops": flops_under(path), "note": "; ".join(note)})
 
     total_params = sum(p.numel() for p in model.parameters())
@@ -209,89 +249,6 @@ def model_summary(model: nn.Module, image_size: Size = 800,
                  "note": f"1 image {h}x{w}{padded}, {n_det} detections"})
     return [{"part": r["part"], "params": r["params"], "gflops": r.pop("flops") / 1e9,
              "note": r["note"]} for r in rows]
-
-
-def reference_retinanet(image_size: Size = 800, num_classes: int = 91,
-                        flops: bool = True) -> dict:
-    """torchvision's RetinaNet R50-FPN (``weights=None``) for comparison: ``{"part", "params",
-    "bn_params", "gflops", "note"}`` with ``bn_params`` the BatchNorm affine parameters (built
-    without backbone weights its ResNet has trainable BatchNorm; with pretrained weights they
-    would be frozen buffers, like the presets' ``frozen_bn``) and its FLOPs for one
-    ``image_size`` image under the same counter (``score_thresh`` 0, 100 detections; its
-    transform is set not to resize the image, and pads it to a multiple of 32), or ``gflops``
-    None with ``flops=False``. The global random state is left as it was."""
-    from spatialflow.benchmark import build_peer
-
-    h, w = _size(image_size)
-    model = build_peer("RetinaNet R50-FPN", min(h, w), max(h, w), num_classes=num_classes)
-    bn = sum(_params(m) for m in model.modules() if isinstance(m, nn.BatchNorm2d))
-    row = {"part": "torchvision RetinaNet R50-FPN", "params": _params(model), "bn_params": bn,
-           "gflops": None, "note": f"num_classes={num_classes}"}
-    if flops:
-        image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0))
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            out = model([image])
-        row["gflops"] = counter.get_total_flops() / 1e9
-        row["note"] = f"1 image {h}x{w}, {len(out[0]['boxes'])} detections"
-    return row
-
-
-def summary_categories(config) -> CategoryMap:
-    """Categories with the class counts of a config's data set, made up (no files read):
-    80 things + 53 stuff for COCO presets, 8 + 11 for Cityscapes, otherwise the synthetic data's
-    4 + 5. The choice goes by the preset name (``config.name``)."""
-    name = getattr(config, "name", "") or ""
-    if "cityscapes" in name:
-        things, stuff = 8, 11
-    elif "coco" in name:
-        things, stuff = 80, 53
-    else:
-        from spatialflow.data.synthetic import SYNTHETIC_CATEGORIES
-        return CategoryMap.from_coco(SYNTHETIC_CATEGORIES)
-    return CategoryMap.from_coco(
-        [{"id": i + 1, "name": f"thing{i}", "isthing": 1} for i in range(things)]
-        + [{"id": 1000 + i, "name": f"stuff{i}", "isthing": 0} for i in range(stuff)])
-
-
-PAPER_PRESETS = ("r50-coco", "r101-coco", "r101-dcn-coco", "r50-cityscapes")
-COUNTING = ("params: all parameters, trainable or not (frozen BatchNorm holds buffers, not "
-            "parameters). GFLOPs: FLOPs / 1e9 counted by torch.utils.flop_counter."
-            "FlopCounterMode, a multiply-add = 2 FLOPs; convolutions and matrix products only. "
-            "Deformable convs (not seen by the counter) are added as the equivalent plain conv. "
-            "Not counted: RoIAlign, normalisation, activations and other element-wise ops, "
-            "upsampling, NMS.")
-
-
-def describe_preset(name_or_path, image_size: int = 800, overrides: Sequence[str] = (),
-                    reference: Optional[bool] = None) -> str:
-    """The text of ``spatialflow info --model``: the :func:`model_summary` table of a preset's
-    model (random weights, :func:`summary_categories` classes) for one ``image_size`` square
-    image, what is counted, and with ``reference`` (default: for the paper presets) a line
-    with torchvision's RetinaNet R50-FPN at the same size. A bad preset or override raises
-    :class:`~spatialflow.errors.ConfigError`."""
-    from spatialflow.config import load_config
-    from spatialflow.model.spatialflow import build_model
-
-    cfg = load_config(name_or_path, overrides)
-    cats = summary_categories(cfg)
-    torch.manual_seed(0)
-    with warnings.catch_warnings():  # frozen BN without weights: irrelevant for counting
-        warnings.simplefilter("ignore")
-        model = build_model(cfg, cats)
-    rows = model_summary(model, image_size)
-    title = (f"{cfg.name}: {cfg.model.backbone}, {cats.num_things} thing + {cats.num_stuff} "
-             f"stuff classes, one {image_size}x{image_size} image (eval, score_thresh 0)")
-    lines = [format_summary_table(rows, title), "", COUNTING]
-    if reference is None:
-        reference = str(name_or_path) in PAPER_PRESETS
-    if reference:
-        ref = reference_retinanet(image_size)
-        lines.append(
-            f"reference: {ref['part']} (weights=None, num_classes=91): "
-            f"{ref['params'] / 1e6:.3f} M params ({ref['bn_params'] / 1e6:.3f} M of them "
-            f"BatchNorm, frozen buffers with pretrained weights), {ref['gflops']:.2f} GFLOPs "
-            f"({ref['note']}; its images are padded to a multiple of 32, not 128)")
-    return "\n".join(lines)
 
 
 def _fmt_params(n: int) -> str:

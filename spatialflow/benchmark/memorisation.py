@@ -20,7 +20,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from spatialflow.benchmark.quality import train_and_evaluate
+from spatialflow.benchmark.training import LOOP_SHARE
+from spatialflow.config import load_config
+from spatialflow.data.panoptic_io import load_json, read_panoptic_png
+from spatialflow.engine.train import train
 from spatialflow.errors import InputError
+from spatialflow.evaluation import pq_counts
+from spatialflow.studies import metrics_row
 
 #: the CPU settings of the check, on top of the preset (tiny-cpu): 320 px images, two a batch,
 #: no flip (the val images are the train images as they are)
@@ -55,7 +62,6 @@ def sample_root(sample, out) -> Path:
 def stuff_accuracy(dataset, eval_dir) -> Optional[float]:
     """Share of the ground truth's stuff pixels whose predicted panoptic segment (in
     ``eval_dir``'s ``panoptic_pred``) has the same stuff class; ``None`` without stuff."""
-    from spatialflow.data.panoptic_io import load_json, read_panoptic_png
 
     pred = load_json(Path(eval_dir) / "panoptic_pred.json", required=("annotations",))
     by_image = {str(a["image_id"]): a for a in pred["annotations"]}
@@ -85,16 +91,10 @@ def memorise(sample, out, minutes: float = 5.0, preset: str = "tiny-cpu",
     """Train ``preset`` (+ :data:`MEMORISE_OVERRIDES`, then ``overrides``) on the images of
     ``sample`` (:func:`sample_root`) for ``minutes``, its schedule sized to them at this
     machine's training ``rate`` (iterations per second; by default measured first by six
-    iterations on these images, times :data:`~spatialflow.benchmark.LOOP_SHARE`), then
+    iterations on these images, times :data:`~spatialflow.benchmark.training.LOOP_SHARE`), then
     evaluate it on the same images. Returns ``{"minutes", "iterations", "train_s", "metrics"
     (:func:`~spatialflow.studies.metrics_row`), "per_class" ({category id: tp, fp, fn, iou,
     name, isthing}), "stuff_accuracy", "run"}``."""
-    from spatialflow import benchmark
-    from spatialflow.config import load_config
-    from spatialflow.engine.train import train
-    from spatialflow.evaluation import pq_counts
-    from spatialflow.studies import metrics_row
-
     out = Path(out)
     root = sample_root(sample, out)
     settings = [*MEMORISE_OVERRIDES, f"data.root={root}", *overrides]
@@ -106,11 +106,11 @@ def memorise(sample, out, minutes: float = 5.0, preset: str = "tiny-cpu",
               progress=False, evaluate_at_end=False, on_log=records.append)
         shutil.rmtree(probe, ignore_errors=True)
         step = statistics.median(cfg.train.batch_size / r["images_per_s"] for r in records[2:])
-        rate = benchmark.LOOP_SHARE / step
+        rate = LOOP_SHARE / step
     iters = max(1, int(rate * 60 * minutes))
     cfg = load_config(preset, settings + [f"train.max_iters={iters}"])
-    done = benchmark.train_and_evaluate(cfg, out / "run", 60 * minutes, out / "eval",
-                                        progress)
+    done = train_and_evaluate(cfg, out / "run", 60 * minutes, out / "eval",
+                             progress)
     val, eval_dir, metrics = done["dataset"], out / "eval", done["metrics"]
     counts = pq_counts(val.panoptic_json, val.panoptic_dir, eval_dir / "panoptic_pred.json",
                        eval_dir / "panoptic_pred")

@@ -1,0 +1,92 @@
+"""The home of runs (spatialflow.engine.runs): Predictor, evaluate_run, build_model with a plain
+category list. (The one-writer lock: tests/test_faults.py::test_one_writer_per_run_folder.)"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import spatialflow
+from spatialflow.config import load_config
+from spatialflow.data.coco_panoptic import CocoPanopticDataset
+from spatialflow.data.panoptic_io import read_image
+from spatialflow.engine.runs import FINAL_EVAL, Predictor, evaluate_run
+from spatialflow.engine.train import train
+from spatialflow.errors import InputError
+from spatialflow.model import build_model
+from conftest import fast
+
+
+@pytest.fixture(scope="module")
+def run(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    train(fast(data_root, "train.max_iters=3"), out, progress=False,
+          evaluate_at_end=False)
+    return out
+
+
+def test_predictor_takes_arrays_tensors_and_paths(run, data_root, tmp_path):
+    predictor = Predictor.from_run(run, score_thresh=0.0, stuff_area=0)
+    path = sorted((data_root / "val").iterdir())[0]
+    array = read_image(path)
+    results = [predictor(array), predictor(path), predictor(str(path)),
+               predictor(torch.from_numpy(array).permute(2, 0, 1).float() / 255)]
+    for r in results:
+        assert set(r) == {"panoptic", "segments_info"}
+        assert r["panoptic"].shape == array.shape[:2]
+        assert np.array_equal(r["panoptic"], results[0]["panoptic"])
+        assert r["segments_info"] == results[0]["segments_info"]
+        ids = {s["id"] for s in r["segments_info"]}
+        assert set(np.unique(r["panoptic"]).tolist()) - {0} == ids
+        assert {s["category_id"] for s in r["segments_info"]} <= {c["id"] for c in predictor.categories.to_coco()}
+    raw = predictor(array, raw=True)["raw"]
+    assert {"boxes", "scores", "labels", "masks", "sem_seg"} <= set(raw)
+    assert len(raw["scores"]) > 0                    # score_thresh 0 reached the model
+
+
+def test_predictor_settings_come_from_the_run_and_its_overrides(run):
+    plain = Predictor.from_run(run)
+    cfg = load_config(str(run / "config.yaml"))
+    assert plain.infer == cfg.infer and plain.test_size == cfg.data.test_size
+    assert plain.run == run and plain.config.name == cfg.name
+    changed = Predictor.from_run(run, overrides=["infer.overlap=0.2"], mask_conf=0.6,
+                                 nms_thresh=0.3, test_size=96)
+    assert changed.infer.mask_conf == 0.6 and changed.infer.overlap == 0.2
+    assert changed.test_size == 96 and changed.model.nms_thresh == 0.3
+    assert changed.at_size(64, 80).test_size == 64 and changed.test_size == 96
+    with pytest.raises(InputError, match="unknown inference setting.*mask_confidence"):
+        Predictor.from_run(run, mask_confidence=0.5)
+    with pytest.raises(InputError, match="cannot change here"):
+        Predictor.from_run(run, overrides=["model.fpn_channels=32"])
+
+
+def test_evaluate_run_defaults_and_data(run, data_root, tmp_path):
+    metrics = evaluate_run(run, progress=False)
+    assert set(metrics) == {"panoptic", "bbox"}
+    saved = json.loads((run / FINAL_EVAL / "metrics.json").read_text())
+    assert saved["panoptic"]["All"] == metrics["panoptic"]["All"]
+    val = CocoPanopticDataset.from_root(data_root, "val")
+    again = evaluate_run(Predictor.from_run(run), val, tmp_path / "e", progress=False)
+    assert again["panoptic"]["All"] == metrics["panoptic"]["All"]
+    one = evaluate_run(run, data_root, tmp_path / "one", max_images=1, progress=False)
+    assert len(json.loads((tmp_path / "one" / "panoptic_pred.json").read_text())[
+        "annotations"]) == 1 and set(one) == {"panoptic", "bbox"}
+    model = build_model(load_config("tiny-cpu"), val.categories)
+    with pytest.raises(InputError, match="evaluate_run needs a run"):
+        evaluate_run(Predictor(model, val.categories), val)
+
+
+def test_build_model_takes_a_plain_coco_category_list(data_root):
+    categories = json.loads((data_root / "panoptic_val.json").read_text())["categories"]
+    torch.manual_seed(0)
+    a = build_model(load_config("tiny-cpu"), categories)
+    torch.manual_seed(0)
+    b = spatialflow.build_model(load_config("tiny-cpu"),
+                                CocoPanopticDataset.from_root(data_root, "val").categories)
+    assert a.num_things == b.num_things and a.num_sem_classes == b.num_sem_classes
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                 b.state_dict().values()))
+    with pytest.raises(InputError, match="'isthing'"):
+        build_model(load_config("tiny-cpu"), [{"id": 1, "name": "cat"}])
