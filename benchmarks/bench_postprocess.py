@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from torchvision.models.detection.roi_heads import paste_masks_in_image  # noqa: E402
 
-from spatialflow.benchmark import image_shape, median_time  # noqa: E402
+from spatialflow.benchmark.timing import image_shape, median_time  # noqa: E402
 from spatialflow.data.categories import CategoryMap  # noqa: E402
 from spatialflow.model.spatialflow import paste_masks  # noqa: E402
 from spatialflow.panoptic import merge, stuff_map  # noqa: E402

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spatialflow.data.synthetic import make_synthetic, data_stats  # noqa: E402
+from spatialflow.data.synthetic import data_stats, make_synthetic  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -81,3 +81,27 @@ def test_viz_and_the_cli_load_runs_through_runs_only():
     readers = [p.name for p in py(PACKAGE) + py(ROOT / "viz")
                if p.name not in ("runs.py", "backbone.py") and "torch.load(" in p.read_text()]
     assert readers == []
+
+
+def test_every_name_imported_from_the_project_exists():
+    """Scripts (``benchmarks/``), notebooks and viz import only names that exist, so a moved
+    function cannot leave a caller behind unnoticed."""
+    import importlib
+    import json
+
+    sources = {p: p.read_text() for p in py(ROOT / "benchmarks") + py(ROOT / "viz")}
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        sources[nb] = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code"
+                                and not "".join(c["source"]).lstrip().startswith("%"))
+    missing = []
+    for path, text in sources.items():
+        text = "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("%"))
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in (
+                    "spatialflow", "viz") and not node.level:
+                module = importlib.import_module(node.module)
+                missing += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                            if not hasattr(module, a.name)
+                            and importlib.util.find_spec(f"{node.module}.{a.name}") is None]
+    assert missing == []
