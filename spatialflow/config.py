@@ -20,6 +20,11 @@ import yaml
 from spatialflow.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
+#: the overrides that switch every spatial flow off; with ``model.subnets=true`` they give the
+#: paper's sub-networks without flows, with ``model.subnets=false`` its naive baseline
+#: (Table V). The studies and the benchmark build their rows from these.
+NO_FLOWS = ("model.flows.reg_to_cls=false", "model.flows.reg_to_stuff=false",
+            "model.flows.reg_to_thing=false", "model.flows.stuff_to_thing=false")
 BACKBONES = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d")
 
 

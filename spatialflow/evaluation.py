@@ -334,6 +334,17 @@ class PanopticEvaluator:
         return metrics
 
 
+def metrics_row(metrics: dict) -> dict:
+    """PQ / SQ / RQ (All, Things, Stuff) and box AP of an evaluation, in percent."""
+    p = metrics["panoptic"]
+    row = {}
+    for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+        for k in ("pq", "sq", "rq"):
+            row[k + suffix] = 100 * p[group][k]
+    row["ap"] = 100 * metrics["bbox"]["AP"]
+    return row
+
+
 def present_categories(dataset, eval_dir) -> set:
     """Category ids that appear in the ground truth or the predictions of an evaluation
     written to ``eval_dir`` (its ``panoptic_pred.json``) of images of ``dataset``. A class in

@@ -25,10 +25,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
-from spatialflow.config import config_to_dict, load_config
+from spatialflow.config import NO_FLOWS, config_to_dict, load_config
 from spatialflow.engine.runs import CHECKPOINT, FINAL, evaluate_run, prepare_data
 from spatialflow.engine.train import train
-from spatialflow.evaluation import PanopticEvaluator
+from spatialflow.evaluation import PanopticEvaluator, metrics_row
 
 #: overrides that make any study or notebook run in seconds (CI and the notebooks' quick mode):
 #: 8 + 2 synthetic images of 128 px, two images a batch, no worker processes
@@ -48,25 +48,21 @@ class Variant:
     tags: Tuple[Tuple[str, object], ...] = ()
 
 
-_NO_FLOWS = ("model.flows.reg_to_cls=false", "model.flows.reg_to_stuff=false",
-             "model.flows.reg_to_thing=false", "model.flows.stuff_to_thing=false")
-
-
 def components_variants() -> List[Variant]:
     """Table V / VI: the naive baseline, + sub-networks, + spatial flows, + both.
 
     Without sub-networks only the reg->cls flow exists in this implementation (the thing and
     stuff heads then read the FPN levels directly), so the 'spatial flows' row is that flow.
     """
-    return [Variant("baseline", ("model.subnets=false",) + _NO_FLOWS),
-            Variant("+ sub-networks", ("model.subnets=true",) + _NO_FLOWS),
+    return [Variant("baseline", ("model.subnets=false",) + NO_FLOWS),
+            Variant("+ sub-networks", ("model.subnets=true",) + NO_FLOWS),
             Variant("+ spatial flows", ("model.subnets=false",)),
             Variant("+ both", ("model.subnets=true",))]
 
 
 def flows_variants() -> List[Variant]:
     """Table IX / X: sub-networks without flows, then each flow added to the row above."""
-    rows, on = [Variant("-", ("model.subnets=true",) + _NO_FLOWS)], list(_NO_FLOWS)
+    rows, on = [Variant("-", ("model.subnets=true",) + NO_FLOWS)], list(NO_FLOWS)
     for flow, name in (("reg_to_cls", "+ reg-cls"), ("reg_to_stuff", "+ reg-stuff"),
                        ("reg_to_thing", "+ reg-thing"), ("stuff_to_thing", "+ stuff-thing")):
         on = [o for o in on if f".{flow}=" not in o]
@@ -77,7 +73,7 @@ def flows_variants() -> List[Variant]:
 def fig4_variants() -> List[Variant]:
     """Fig. 4: the base model (sub-networks, no flows), the cls-flows control and the spatial
     flows model."""
-    return [Variant("base", ("model.subnets=true",) + _NO_FLOWS),
+    return [Variant("base", ("model.subnets=true",) + NO_FLOWS),
             Variant("cls flows", ("model.subnets=true", "model.flows.source=cls")),
             Variant("spatial flows", ("model.subnets=true", "model.flows.source=reg"))]
 
@@ -133,17 +129,6 @@ def config_key(cfg) -> str:
             d["model"]["flows"].pop(flow)
     d.pop("name", None), d.pop("description", None)
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
-
-
-def metrics_row(metrics: dict) -> dict:
-    """PQ / SQ / RQ (All, Things, Stuff) and box AP of an evaluation, in percent."""
-    p = metrics["panoptic"]
-    row = {}
-    for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
-        for k in ("pq", "sq", "rq"):
-            row[k + suffix] = 100 * p[group][k]
-    row["ap"] = 100 * metrics["bbox"]["AP"]
-    return row
 
 
 def run_study(variants: Sequence[Variant], seeds: Sequence[int], out, base="tiny-cpu",

@@ -9,7 +9,7 @@ import torch
 from spatialflow.benchmark.inference import STAGES, format_inference, run_inference_bench
 from spatialflow.benchmark.machine import (conv_peak, conv_rate, p3_shape, precision_dtype,
                                           precision_name)
-from spatialflow.benchmark.models import build_spatialflow
+from spatialflow.benchmark.models import build_spatialflow, spatialflow_variants
 from spatialflow.benchmark.quality import (evaluation_speed, format_evaluation, format_quality,
                                           quality_per_minute)
 from spatialflow.benchmark.timing import median_time, peak_rss_mb, stage_timer
@@ -207,3 +207,16 @@ def test_quality_per_minute_trains_one_run_per_mark_and_seed(tmp_path):
     assert row["images_per_s"] == pytest.approx(6 / row["seconds"]) and 0 <= row["pq"] <= 100
     assert len(list((tmp_path / "speed" / "eval" / "panoptic_pred").glob("*.png"))) == 6
     assert "| 6 | 128 |" in format_evaluation(row)
+
+
+def test_the_benchmarked_models_are_table_v_rows():
+    """The benchmark builds its models from the same overrides as the Table V study."""
+    from spatialflow.config import load_config
+    from spatialflow.studies import components_variants
+
+    rows = {v.name: v.overrides for v in components_variants()}
+    ours = spatialflow_variants()
+    for name, row in (("SpatialFlow R50", "+ both"), ("SpatialFlow R50, no flows",
+                                                       "+ sub-networks"),
+                      ("naive baseline R50", "baseline")):
+        assert load_config("r50-coco", ours[name]) == load_config("r50-coco", rows[row]), name

@@ -50,6 +50,8 @@ RULES = [
                                      "spatialflow.benchmark", "spatialflow.cli"]),
     ("the engine never imports benchmark, cli or studies", py(PACKAGE / "engine"),
      ["spatialflow.benchmark", "spatialflow.cli", "spatialflow.studies"]),
+    ("the benchmark never imports studies or cli", py(PACKAGE / "benchmark"),
+     ["spatialflow.studies", "spatialflow.cli"]),
     ("spatialflow never imports viz", py(PACKAGE), ["viz"]),
 ]
 
@@ -105,3 +107,39 @@ def test_every_name_imported_from_the_project_exists():
                             if not hasattr(module, a.name)
                             and importlib.util.find_spec(f"{node.module}.{a.name}") is None]
     assert missing == []
+
+
+def layer(module: str):
+    """The layer of a module: a subpackage or top-level module of spatialflow, or viz."""
+    parts = module.split(".")
+    if parts[0] == "viz":
+        return "viz"
+    if parts[0] == "spatialflow" and len(parts) > 1 and parts[1] not in ("errors", "config",
+                                                                          "__init__"):
+        return parts[1]   # (errors and config are read by every layer, and import none)
+    return None
+
+
+def test_the_layers_form_no_cycle():
+    edges = {}
+    for path in py(PACKAGE) + py(ROOT / "viz"):
+        src = layer(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        for module in imports(path):
+            dst = layer(module)
+            if src and dst and dst != src:
+                edges.setdefault(src, set()).add(dst)
+    seen, done = [], set()
+
+    def visit(node):
+        assert node not in seen, f"import cycle: {' -> '.join(seen[seen.index(node):] + [node])}"
+        if node in done:
+            return
+        seen.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            visit(nxt)
+        seen.pop()
+        done.add(node)
+
+    for node in sorted(edges):
+        visit(node)
+    assert {"model", "engine", "evaluation", "benchmark"} <= set(edges)

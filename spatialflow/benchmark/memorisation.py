@@ -26,8 +26,7 @@ from spatialflow.config import load_config
 from spatialflow.data.panoptic_io import load_json, read_panoptic_png
 from spatialflow.engine.train import train
 from spatialflow.errors import InputError
-from spatialflow.evaluation import pq_counts
-from spatialflow.studies import metrics_row
+from spatialflow.evaluation import metrics_row, pq_counts
 
 #: the CPU settings of the check, on top of the preset (tiny-cpu): 320 px images, two a batch,
 #: no flip (the val images are the train images as they are)
@@ -93,7 +92,7 @@ def memorise(sample, out, minutes: float = 5.0, preset: str = "tiny-cpu",
     machine's training ``rate`` (iterations per second; by default measured first by six
     iterations on these images, times :data:`~spatialflow.benchmark.training.LOOP_SHARE`), then
     evaluate it on the same images. Returns ``{"minutes", "iterations", "train_s", "metrics"
-    (:func:`~spatialflow.studies.metrics_row`), "per_class" ({category id: tp, fp, fn, iou,
+    (:func:`~spatialflow.evaluation.metrics_row`), "per_class" ({category id: tp, fp, fn, iou,
     name, isthing}), "stuff_accuracy", "run"}``."""
     out = Path(out)
     root = sample_root(sample, out)

@@ -11,19 +11,19 @@ import torch
 from torch import nn
 from torchvision.models import detection
 
-from spatialflow.config import load_config
+from spatialflow.config import NO_FLOWS, load_config
 from spatialflow.data.categories import CategoryMap
 from spatialflow.data.synthetic import SYNTHETIC_CATEGORIES
 from spatialflow.errors import InputError
 from spatialflow.model import build_model
-from spatialflow.studies import components_variants
 
 
 def spatialflow_variants() -> Dict[str, Tuple[str, ...]]:
-    """The SpatialFlow models compared: all flows, without flows, the naive baseline."""
-    no_flows = components_variants()[1].overrides
-    return {"SpatialFlow R50": (), "SpatialFlow R50, no flows": no_flows,
-            "naive baseline R50": components_variants()[0].overrides}
+    """The SpatialFlow models compared: all flows, without flows, the naive baseline (the
+    rows '+ both', '+ sub-networks' and 'baseline' of Table V)."""
+    return {"SpatialFlow R50": (),
+            "SpatialFlow R50, no flows": ("model.subnets=true",) + NO_FLOWS,
+            "naive baseline R50": ("model.subnets=false",) + NO_FLOWS}
 
 
 def build_spatialflow(overrides: Sequence[str] = (), preset: str = "r50-coco",

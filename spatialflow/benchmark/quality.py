@@ -15,8 +15,7 @@ from spatialflow.data.synthetic import make_synthetic
 from spatialflow.engine.runs import (CHECKPOINT, FINAL, Predictor, evaluate_run, load_checkpoint,
                                      prepare_data)
 from spatialflow.engine.train import train
-from spatialflow.evaluation import PanopticEvaluator
-from spatialflow.studies import metrics_row
+from spatialflow.evaluation import PanopticEvaluator, metrics_row
 
 
 def train_and_evaluate(cfg, run, seconds: float, eval_dir, progress: bool = False) -> dict:
@@ -47,7 +46,7 @@ def quality_per_minute(out, minutes: Sequence[float] = (1, 2, 5, 10), preset: st
     (the training step of the preset at its own size and batch, with a fresh model) times
     :data:`LOOP_SHARE`. Returns ``{"rate", "runs": [one row per run: "minutes",
     "seed", "max_iters", "iteration", "train_s" (set-up included) and
-    :func:`~spatialflow.studies.metrics_row`'s keys], "median": [per mark: "minutes", "seeds"
+    :func:`~spatialflow.evaluation.metrics_row`'s keys], "median": [per mark: "minutes", "seeds"
     and the median over the seeds of each figure]}``.
     """
     out = Path(out)

@@ -283,7 +283,7 @@ class Predictor:
         if unknown:
             raise InputError(f"Predictor.from_run: unknown inference setting(s) "
                              f"{', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        sets = [f"{'data' if k in ('test_size', 'max_size') else 'infer'}.{k}={_yaml(v)}"
+        sets = [f"{'data' if k in ('test_size', 'max_size') else 'infer'}.{k}={_override_value(v)}"
                 for k, v in infer.items()]
         cfg, model, categories = load_run(run, device, [*overrides, *sets])
         predictor = cls(model, categories, cfg.infer, cfg.data.test_size, cfg.data.max_size,
@@ -378,7 +378,7 @@ class Predictor:
         return write_predictions(self, files, out_dir, progress)
 
 
-def _yaml(value) -> str:
+def _override_value(value) -> str:
     """A Python value as the ``key=value`` override syntax reads it."""
     return json.dumps(value) if not isinstance(value, str) else value
 
