@@ -34,6 +34,7 @@ from torchvision.ops import boxes as box_ops
 
 from spatialflow.data.categories import CategoryMap
 from spatialflow.data.coco_panoptic import batch_images
+from spatialflow.engine.runs import Predictor
 from spatialflow.model.backbone import FPN_LEVELS
 from spatialflow.model.subnets import SEG_LEVELS
 
@@ -174,7 +175,8 @@ def stuff_target_layer(model: nn.Module) -> List[nn.Module]:
 def compute_cam(model: nn.Module, image: torch.Tensor, head: str = "cls",
                 target: Union[None, int, Callable] = None, method: str = "gradcam",
                 per_level: bool = False) -> Union[np.ndarray, List[np.ndarray]]:
-    """CAM of the ``head`` (``"cls"`` or ``"stuff"``) of ``model`` for ``image`` (``float[3,H,W]``
+    """CAM of the ``head`` (``"cls"`` or ``"stuff"``) of ``model`` (a :class:`SpatialFlow`, or
+    a :class:`~spatialflow.engine.runs.Predictor`: its model) for ``image`` (``float[3,H,W]``
     in [0, 1]) with ``method`` (``"gradcam"`` or ``"eigencam"``).
 
     ``target``: a callable target (e.g. :class:`ClassScoreTarget`, :class:`DetectionTarget`, or
@@ -191,6 +193,8 @@ def compute_cam(model: nn.Module, image: torch.Tensor, head: str = "cls",
     model's train/eval modes and its parameters' ``.grad`` are as they were. Gradients are
     enabled even when called under ``torch.no_grad()`` (``torch.inference_mode()`` is refused).
     """
+    if isinstance(model, Predictor):
+        model = model.model
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     if method not in METHODS:
@@ -339,7 +343,8 @@ def cam_examples(dataset, count: int) -> List[Tuple[int, int, int]]:
 def flows_comparison_figure(image: torch.Tensor, models: Mapping[str, nn.Module],
                             categories: CategoryMap, thing_class: int, stuff_class: int,
                             method: str = "gradcam") -> Figure:
-    """Paper Fig. 5: one row per model (e.g. ``{"with flows": m1, "without flows": m2}``),
+    """Paper Fig. 5: one row per model or :class:`~spatialflow.engine.runs.Predictor` (e.g.
+    ``{"with flows": m1, "without flows": m2}``),
     columns = the image, the cls-head CAM of thing ``thing_class`` and the stuff-head CAM of
     ``stuff_class`` (dataset category ids of ``categories``)."""
     thing, stuff = categories.thing_index(thing_class), categories.stuff_index(stuff_class)

@@ -53,8 +53,8 @@ def make_figures(out, study="runs/studies", base: str = "tiny-cpu",
     rows = run_study(variants, seeds, study, base, overrides, progress, workers=workers)
     run = {r["variant"]: r["run"] for r in rows if r["seed"] == seeds[0]}
     predictor = Predictor.from_run(run["+ both"])
-    cfg, model, categories = predictor.config, predictor.model, predictor.categories
-    without = Predictor.from_run(run["+ sub-networks"]).model
+    cfg, categories = predictor.config, predictor.categories
+    without = Predictor.from_run(run["+ sub-networks"])
     data = CocoPanopticDataset.from_root(cfg.data.root, split or cfg.data.val_split)
     examples = cam_examples(data, images)
     if not examples:
@@ -73,7 +73,7 @@ def make_figures(out, study="runs/studies", base: str = "tiny-cpu",
     Image.fromarray(overlay).save(paths["overlay.png"])
 
     index, thing, stuff = examples[0]
-    models = {"with spatial flows": model, "without flows": without}
+    models = {"with spatial flows": predictor, "without flows": without}
     flows_comparison_figure(to_tensor(data.load(index)[0]), models, categories, thing,
                             stuff).savefig(paths["cam_pair.png"], dpi=dpi)
     ablation_bars(rows, title=f"Table V on the synthetic data ({len(seeds)} seed(s))"
