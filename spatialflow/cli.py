@@ -267,7 +267,7 @@ def cmd_evaluate(args) -> int:
 
     predictor = Predictor.from_run(args.run, overrides=args.set)
     cfg, run = predictor.config, run_folder(args.run)
-    root = Path(args.data) if args.data else prepare_data(cfg, run, write=False)
+    root = Path(args.data) if args.data else prepare_data(cfg, run)
     ds = CocoPanopticDataset.from_root(root, args.split or cfg.data.val_split,
                                        on_error=cfg.data.on_error)
     out = Path(args.out) if args.out else run / FINAL_EVAL

@@ -401,8 +401,9 @@ def evaluate_run(run, data=None, out=None, split: Optional[str] = None, device: 
 
     ``data``: a :class:`~spatialflow.data.CocoPanopticDataset`, or a data folder in
     ``make-data``'s or COCO's layout whose ``split`` (default: the run's val split) is read;
-    default: the run's own data. The data set's categories must be those the run was trained
-    on. ``overrides`` change the run's inference settings (as :meth:`Predictor.from_run`);
+    default: the run's own data (its synthetic data made again if its ``data/`` folder is
+    gone: the same bytes for the same config). The data set's categories must be those the run
+    was trained on. ``overrides`` change the run's inference settings (as :meth:`Predictor.from_run`);
     the rest is :meth:`Predictor.evaluate`'s."""
     predictor = run if isinstance(run, Predictor) else Predictor.from_run(run, device, overrides)
     cfg, folder = predictor.config, predictor.run
@@ -412,7 +413,7 @@ def evaluate_run(run, data=None, out=None, split: Optional[str] = None, device: 
     if isinstance(data, CocoPanopticDataset):
         dataset = data
     else:
-        root = Path(data) if data is not None else prepare_data(cfg, folder, write=False)
+        root = Path(data) if data is not None else prepare_data(cfg, folder)
         dataset = CocoPanopticDataset.from_root(root, split or cfg.data.val_split,
                                                 on_error=cfg.data.on_error)
     dataset.categories.check_model(predictor.categories, str(dataset.panoptic_json))
