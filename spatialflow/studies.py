@@ -26,14 +26,16 @@ import torch
 from tqdm import tqdm
 
 from spatialflow.config import NO_FLOWS, config_to_dict, load_config
-from spatialflow.engine.runs import CHECKPOINT, FINAL, evaluate_run, prepare_data
+from spatialflow.engine.runs import CHECKPOINT, FINAL, evaluate_run, find_checkpoint, prepare_data
 from spatialflow.engine.train import train
 from spatialflow.evaluation import PanopticEvaluator, metrics_row
 
 #: overrides that make any study or notebook run in seconds (CI and the notebooks' quick mode):
-#: 8 + 2 synthetic images of 128 px, two images a batch, no worker processes
+#: 8 + 2 synthetic images of 128 px, two images a batch, no worker processes; data seed 1 gives
+#: things in every image of both splits (tested), so that the quick val split has things to
+#: show and to score
 QUICK_OVERRIDES = ("data.synthetic.num_train=8", "data.synthetic.num_val=2",
-                   "data.synthetic.size=128", "data.min_size=[128]", "data.test_size=128",
+                   "data.synthetic.size=128", "data.synthetic.seed=1", "data.min_size=[128]", "data.test_size=128",
                    "data.num_workers=0", "train.batch_size=2", "train.base_batch_size=2",
                    "train.warmup_iters=1", "train.log_every=1", "train.max_iters=2",
                    "infer.stuff_area=0")
@@ -76,6 +78,54 @@ def fig4_variants() -> List[Variant]:
     return [Variant("base", ("model.subnets=true",) + NO_FLOWS),
             Variant("cls flows", ("model.subnets=true", "model.flows.source=cls")),
             Variant("spatial flows", ("model.subnets=true", "model.flows.source=reg"))]
+
+
+def variant(variants: Sequence[Variant], name: str) -> Variant:
+    """The variant called ``name`` among ``variants`` (e.g. ``variant(fig4_variants(),
+    "spatial flows")``); a ``KeyError`` lists the names there are."""
+    for v in variants:
+        if v.name == name:
+            return v
+    raise KeyError(f"no variant {name!r}; there are {[v.name for v in variants]}")
+
+
+def notebook_settings(quick: bool, iters: int) -> List[str]:
+    """The overrides of a notebook's runs: :data:`QUICK_OVERRIDES` in quick mode, else
+    ``train.max_iters=iters``."""
+    return list(QUICK_OVERRIDES) if quick else [f"train.max_iters={iters}"]
+
+
+def planned_study(variants: Sequence[Variant], seeds: Sequence[int], out, base="tiny-cpu",
+                  overrides: Sequence[str] = (), workers: int = 1, quick: bool = False,
+                  say: Optional[Callable[[str], None]] = print) -> List[dict]:
+    """:func:`run_study` after saying what it will do (:func:`describe_plan`: runs to train,
+    cached ones and the measured time; ``quick``: not measured, and no progress bars), as the
+    notebooks run their studies."""
+    if say is not None:
+        say(describe_plan(plan_study(variants, seeds, out, base, overrides, workers,
+                                     measure=not quick)))
+    return run_study(variants, seeds, out, base, overrides, progress=not quick, workers=workers)
+
+
+def save_rows(path, rows) -> Path:
+    """Write a study's results (rows, or a dict of them) as JSON to ``path``; returns it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1))
+    return path
+
+
+def run_or_data(run, data, out, base="tiny-cpu", quick: bool = False):
+    """``(run, data)`` for an explorer (notebook 04): in quick mode a missing ``run`` is
+    trained for 2 iterations on the quick data into ``out`` (so that the sliders have work to
+    do); with no trained run and no ``data``, the synthetic data of ``base`` (made in
+    ``out/data`` if needed) is browsed instead."""
+    overrides = list(QUICK_OVERRIDES) if quick else []
+    if quick and find_checkpoint(run) is None:
+        run = run_study([Variant("quick")], [0], out, base, overrides, progress=False)[0]["run"]
+    if data is None and find_checkpoint(run) is None:
+        data = prepare_data(load_config(base, overrides), Path(out))
+    return run, data
 
 
 def lambda_variants(lambdas: Sequence[float], model: Optional[Sequence[str]] = None

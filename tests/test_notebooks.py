@@ -25,6 +25,9 @@ def test_committed_without_outputs_and_with_parameters(path):
 
 
 def run_quick(name, tmp_path, **parameters):
+    """Run a notebook with papermill in quick mode; the tests inject only ``QUICK`` and ``OUT``
+    (and ``RUN`` / ``DATA`` where they test another way in), so the quick defaults are those
+    a user gets."""
     import papermill
 
     out_nb = tmp_path / f"{name}.out.ipynb"
@@ -47,7 +50,7 @@ def images(nb):
 
 def test_01_quickstart(tmp_path):
     out = tmp_path / "nb01"
-    nb, text = run_quick("01_quickstart", tmp_path, OUT=str(out), SHOW=2)
+    nb, text = run_quick("01_quickstart", tmp_path, OUT=str(out))
     assert (out / "data" / "panoptic_val.json").is_file()
     assert (out / "run" / "model_final.pt").is_file()
     metrics = json.loads((out / "run" / "eval" / "final" / "metrics.json").read_text())
@@ -55,7 +58,7 @@ def test_01_quickstart(tmp_path):
     assert "PQ" in text and "Things" in text and "box AP" in text
     shown = images(nb)
     assert shown[-3] >= 1, shown  # the training curves
-    assert shown[-1] == 2, shown  # SHOW=2 ground truth | prediction pairs
+    assert shown[-1] == 2, shown  # ground truth | prediction of both quick val images
 
 
 def widget_views(nb):
@@ -65,7 +68,7 @@ def widget_views(nb):
 
 def test_04_panoptic_explorer_with_a_run_and_without(tmp_path):
     out = tmp_path / "nb04"
-    nb, text = run_quick("04_panoptic_explorer", tmp_path, OUT=str(out), RUN=None)
+    nb, text = run_quick("04_panoptic_explorer", tmp_path, OUT=str(out))
     assert len(widget_views(nb)) == 1
     assert "ground truth" in text and "PQ:" in text
     assert "'thresholds': {" in text  # a model's panel: the merge thresholds are live
@@ -100,9 +103,9 @@ def test_02_flows_ablation(studies, tmp_path):
 
 
 def test_03_cam_heatmaps(studies, tmp_path):
-    nb, text = run_quick("03_cam_heatmaps", tmp_path, OUT=str(studies), IMAGES=2, SPLIT="train")
+    nb, text = run_quick("03_cam_heatmaps", tmp_path, OUT=str(studies))
     assert "'spatial flows'" in text and "'base'" in text  # the two models' PQ
-    assert "2 of the 8 train images shown" in text
+    assert "2 of the 2 val images shown" in text
     assert images(nb)[-2:] == [2, 2]  # a with/without figure per image; cls and stuff levels
 
 

@@ -1,5 +1,6 @@
 """The paper's studies: variants, cached study runs, summaries, speed against scale."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,29 @@ def test_describe_differences_by_another_key():
     rows = [{"lambda": 1.0, "pq": 10.0}, {"lambda": 0.25, "pq": 12.0}]
     text = describe_differences(rows, 1.0, ("pq",), paper=PAPER["table_iv"], by="lambda")
     assert text.startswith("- **lambda = 0.25** vs **lambda = 1.0**: PQ +2.0 (paper +1.8, same")
+
+
+def test_quick_data_has_things_in_every_image_of_both_splits(tmp_path):
+    """The notebooks' quick mode scores and shows things on its val split too."""
+    from spatialflow.data.synthetic import data_stats
+    from spatialflow.engine.runs import prepare_data
+    from spatialflow.studies import QUICK_OVERRIDES
+
+    root = prepare_data(load_config("tiny-cpu", list(QUICK_OVERRIDES)), tmp_path)
+    stats = data_stats(root)
+    for split in ("train", "val"):
+        assert stats[split]["images_without_things"] == 0, (split, stats[split])
+
+
+def test_notebook_helpers(tmp_path):
+    from spatialflow.studies import QUICK_OVERRIDES, notebook_settings, save_rows, variant
+
+    assert variant(fig4_variants(), "spatial flows") is not None
+    assert variant(fig4_variants(), "base").overrides == fig4_variants()[0].overrides
+    with pytest.raises(KeyError, match="'cls flows'"):
+        variant(fig4_variants(), "flows")
+    assert notebook_settings(True, 800) == list(QUICK_OVERRIDES)
+    assert notebook_settings(False, 800) == ["train.max_iters=800"]
+    rows = {"Table V": [{"variant": "x", "pq": 1.5}]}
+    path = save_rows(tmp_path / "a" / "rows.json", rows)
+    assert json.loads(path.read_text()) == rows

@@ -35,6 +35,7 @@ from torchvision.ops import boxes as box_ops
 from spatialflow.data.categories import CategoryMap
 from spatialflow.data.coco_panoptic import batch_images
 from spatialflow.engine.runs import Predictor
+from spatialflow.errors import InputError
 from spatialflow.model.backbone import FPN_LEVELS
 from spatialflow.model.subnets import SEG_LEVELS
 
@@ -325,10 +326,12 @@ def largest_classes(segments: Sequence[Mapping], categories: CategoryMap
     return best[0], best[1]
 
 
-def cam_examples(dataset, count: int) -> List[Tuple[int, int, int]]:
+def cam_examples(dataset, count: int, at_least: int = 0) -> List[Tuple[int, int, int]]:
     """``(index, thing category id, stuff category id)`` of the first ``count`` items of
     ``dataset`` (a :class:`~spatialflow.data.CocoPanopticDataset`) that have both a thing and
-    a stuff segment, with their :func:`largest_classes`; read from the annotations only."""
+    a stuff segment, with their :func:`largest_classes`; read from the annotations only.
+    Fewer than ``at_least`` found: an :class:`~spatialflow.errors.InputError` naming the data
+    set."""
     found = []
     for i in range(len(dataset)):
         if len(found) == count:
@@ -337,6 +340,9 @@ def cam_examples(dataset, count: int) -> List[Tuple[int, int, int]]:
                                        dataset.categories)
         if thing is not None and stuff is not None:
             found.append((i, thing, stuff))
+    if len(found) < at_least:
+        raise InputError(f"{dataset.panoptic_json}: {len(found)} of its {len(dataset)} images "
+                         f"have both a thing and a stuff segment; {at_least} needed for the CAMs")
     return found
 
 
