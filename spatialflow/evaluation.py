@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import tempfile
 import warnings
 from pathlib import Path
@@ -335,12 +336,14 @@ class PanopticEvaluator:
 
 
 def metrics_row(metrics: dict) -> dict:
-    """PQ / SQ / RQ (All, Things, Stuff) and box AP of an evaluation, in percent."""
+    """PQ / SQ / RQ (All, Things, Stuff) and box AP of an evaluation, in percent. A group with
+    no class in the ground truth or the predictions (``n`` 0: e.g. no thing anywhere in the
+    images) was not measured: its values are NaN, not 0."""
     p = metrics["panoptic"]
     row = {}
     for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
         for k in ("pq", "sq", "rq"):
-            row[k + suffix] = 100 * p[group][k]
+            row[k + suffix] = 100 * p[group][k] if p[group].get("n", 1) else math.nan
     row["ap"] = 100 * metrics["bbox"]["AP"]
     return row
 

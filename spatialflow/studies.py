@@ -308,7 +308,8 @@ def speed_vs_scale(predictor, dataset, scales: Sequence[int],
     files not counted) with ``predictor`` (a :class:`~spatialflow.engine.runs.Predictor`, whose
     inference settings are kept). Rows: ``scale``, ``padded`` (the shorter edge the network
     sees: the model pads to a multiple of its ``size_divisibility``, so two scales can cost the
-    same), ``images_per_s``, ``seconds``, ``images`` and :func:`metrics_row`'s keys."""
+    same), ``images_per_s``, ``seconds``, ``images``, ``seconds_sd`` (the sample std of the
+    per-image times, for the timing noise) and :func:`metrics_row`'s keys."""
 
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     rows = []
@@ -316,19 +317,20 @@ def speed_vs_scale(predictor, dataset, scales: Sequence[int],
         at_scale = predictor.at_size(scale, int(round(scale * max_size_ratio)))
         folder = Path(out) / f"scale{scale}" if out else Path(tempfile.mkdtemp(prefix="speed"))
         evaluator = PanopticEvaluator(dataset, folder)
-        seconds = 0.0
+        times = []
         for k, idx in enumerate(_progress(range(n), f"{scale}px", progress)):
             image, _, rec = dataset.load(idx)
             if k == 0:  # warm-up
                 at_scale(image)
             start = time.perf_counter()
             result = at_scale(image, raw=True)
-            seconds += time.perf_counter() - start
+            times.append(time.perf_counter() - start)
             evaluator.add(rec, result["raw"], result["panoptic"], result["segments_info"])
         metrics = evaluator.compute()
         div = getattr(predictor.model, "size_divisibility", 1)
+        seconds = sum(times)
         rows.append({"scale": scale, "padded": -(-scale // div) * div, "images": n,
-                     "seconds": seconds,
+                     "seconds": seconds, "seconds_sd": _stats(times)["std"],
                      "images_per_s": n / max(seconds, 1e-9), **metrics_row(metrics)})
     return rows
 
@@ -352,20 +354,34 @@ def speed_points(rows: Sequence[dict], source: str = "measured") -> List[dict]:
 def describe_speed(rows: Sequence[dict]) -> str:
     """Plain sentences on :func:`speed_vs_scale` rows: how much faster the smallest scale runs
     than the largest, and what it costs in PQ / PQ_Th / PQ_St, next to the paper's SpatialFlow
-    R50 at 400 vs 800 px (Table XI)."""
+    R50 at 400 vs 800 px (Table XI). A speed ratio is called timing noise when both scales pad
+    to the same size (the network does the same work) or when it lies within twice the
+    standard error of the two mean times; a quality that was not measured (NaN) is said so."""
     if len(rows) < 2:
         raise ValueError("need rows of at least two scales")
     small, large = min(rows, key=lambda r: r["scale"]), max(rows, key=lambda r: r["scale"])
     paper = {r["scale"]: r for r in PAPER["table_xi"] if r["name"] == "SpatialFlow R50"}
     p_small, p_large = paper[400], paper[800]
+    ratio = small["images_per_s"] / large["images_per_s"]
+    timed = all(k in r for r in (small, large) for k in ("seconds_sd", "seconds", "images"))
+    noise = 2 * math.sqrt(sum((r["seconds_sd"] / (r["seconds"] / r["images"])) ** 2
+                              / r["images"] for r in (small, large))) if timed else 0.0
+    speed = (f"- At {small['scale']} px this machine runs {small['images_per_s']:.2f} images/s, "
+             f"{ratio:.2f}x the {large['images_per_s']:.2f} images/s at {large['scale']} px "
+             f"(paper, V100, 400 vs 800 px: {p_small['fps'] / p_large['fps']:.2f}x)")
+    if small.get("padded") is not None and small["padded"] == large.get("padded"):
+        speed += (f". Both scales are padded to {small['padded']} px, so the network does the "
+                  f"same work: the difference is timing noise.")
+    elif abs(ratio - 1) <= noise:
+        speed += f", within the timing noise (±{100 * noise:.0f}%): no measured difference."
+    else:
+        speed += "."
     d = {m: small[m] - large[m] for m in ("pq", "pq_th", "pq_st")}
     pd = {m: p_small[m] - p_large[m] for m in ("pq", "pq_th", "pq_st")}
-    return (f"- At {small['scale']} px this machine runs {small['images_per_s']:.2f} images/s, "
-            f"{small['images_per_s'] / large['images_per_s']:.2f}x the "
-            f"{large['images_per_s']:.2f} images/s at {large['scale']} px "
-            f"(paper, V100, 400 vs 800 px: {p_small['fps'] / p_large['fps']:.2f}x).\n"
-            f"- Going from {large['scale']} to {small['scale']} px changes PQ by "
-            f"{d['pq']:+.1f}, PQ_Th by {d['pq_th']:+.1f} and PQ_St by {d['pq_st']:+.1f} "
+    ours = [f"{name} by {d[m]:+.1f}" if not math.isnan(d[m]) else f"{name} not measured"
+            for m, name in (("pq", "PQ"), ("pq_th", "PQ_Th"), ("pq_st", "PQ_St"))]
+    return (f"{speed}\n- Going from {large['scale']} to {small['scale']} px changes "
+            f"{ours[0]}, {ours[1]} and {ours[2]} "
             f"(paper: {pd['pq']:+.1f}, {pd['pq_th']:+.1f}, {pd['pq_st']:+.1f}).")
 
 
@@ -416,21 +432,30 @@ def summarize(rows: Sequence[dict], metrics: Sequence[str] = ("pq", "pq_th", "pq
 
 def format_summary(table: Sequence[dict], metrics: Sequence[str] = ("pq", "pq_th", "pq_st"),
                    by: str = "variant") -> str:
-    """A markdown table of :func:`summarize`: mean ± std over n runs per metric."""
+    """A markdown table of :func:`summarize`: mean ± std over n runs per metric; the mean
+    alone for one run (no spread is known), and "not measured" where no run measured it."""
+    def cell(s):
+        if not s["n"]:
+            return "not measured"
+        return f"{s['mean']:.1f}" if s["n"] == 1 else f"{s['mean']:.1f} ± {s['std']:.1f}"
+
     lines = [f"| {by} | n | " + " | ".join(metrics) + " |",
              "|---|---:|" + "---:|" * len(metrics)]
     for e in table:
         n = max(e[m]["n"] for m in metrics)
-        cells = [f"{e[m]['mean']:.1f} ± {e[m]['std']:.1f}" for m in metrics]
+        cells = [cell(e[m]) for m in metrics]
         lines.append(f"| {e[by]} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[str], digits: int = 1) -> str:
     """A markdown table of ``rows`` (dicts) with ``columns``; floats with ``digits`` decimals
-    (e.g. the paper's rows in :data:`PAPER`, or :func:`speed_vs_scale`'s)."""
+    (e.g. the paper's rows in :data:`PAPER`, or :func:`speed_vs_scale`'s); NaN (a quality
+    that was not measured, :func:`~spatialflow.evaluation.metrics_row`) as "not measured"."""
     def cell(v):
-        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+        if isinstance(v, float):
+            return "not measured" if math.isnan(v) else f"{v:.{digits}f}"
+        return str(v)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
@@ -460,6 +485,10 @@ def describe_differences(rows: Sequence[dict], reference: str,
         parts, within, beyond = [], [], []
         for m in metrics:
             diff = e[m]["mean"] - ref[m]["mean"]
+            if math.isnan(diff):
+                parts.append(f"{labels.get(m, m)} not measured (nothing of it in the ground "
+                             f"truth or the predictions)")
+                continue
             text = f"{labels.get(m, m)} {diff:+.1f}"
             if name in theirs and reference in theirs and m in theirs[name]:
                 pd = theirs[name][m] - theirs[reference][m]
@@ -468,6 +497,8 @@ def describe_differences(rows: Sequence[dict], reference: str,
                 text += f" (paper {pd:+.1f}, {agree})"
             parts.append(text)
             spread = max(e[m]["std"], ref[m]["std"])
+            if math.isnan(spread):
+                continue
             if min(e[m]["n"], ref[m]["n"]) > 1:
                 (within if abs(diff) <= spread else beyond).append(labels.get(m, m))
         label = (lambda v: str(v)) if by == "variant" else (lambda v: f"{by} = {v}")
@@ -475,7 +506,8 @@ def describe_differences(rows: Sequence[dict], reference: str,
         if not within and not beyond:
             line += "One run each: no seed-to-seed spread to judge these differences by."
         else:
-            spread = max(max(e[m]["std"], ref[m]["std"]) for m in metrics)
+            spread = max(max(e[m]["std"], ref[m]["std"]) for m in metrics
+                         if not math.isnan(e[m]["std"] + ref[m]["std"]))
             if beyond:
                 line += f"Larger than the spread between seeds (std up to {spread:.1f}): " \
                         f"{', '.join(beyond)}. "

@@ -55,7 +55,10 @@ def test_format_summary():
             {"variant": "b", "pq": 7.0, "pq_th": 2.0, "pq_st": 6.0}]
     text = format_summary(summarize(rows))
     assert "| a | 2 | 12.0 ± 2.8 | 2.0 ± 1.4 | 5.0 ± 0.0 |" in text
-    assert "| b | 1 | 7.0 ± 0.0 |" in text and text.count("\n") == 3
+    assert "| b | 1 | 7.0 | 2.0 | 6.0 |" in text and text.count("\n") == 3  # one run: no ±
+    unmeasured = format_summary(summarize([{"variant": "a", "pq": 10.0, "pq_th": float("nan"),
+                                            "pq_st": 5.0}]))
+    assert "| a | 1 | 10.0 | not measured | 5.0 |" in unmeasured
 
 
 @pytest.fixture(scope="module")
@@ -167,12 +170,17 @@ def test_describe_differences_says_what_the_numbers_show():
     assert "PQ -5.0 (paper -0.6, same sign)" in worse
     with pytest.raises(ValueError, match="missing"):
         describe_differences(rows, "missing")
+    no_things = [dict(r, pq_th=float("nan")) for r in rows]          # no thing in the val split
+    text = describe_differences(no_things, "base", ("pq", "pq_th"), paper=paper)
+    assert "PQ_Th not measured" in text and "PQ_Th +" not in text and "nan" not in text
+    assert "Larger than the spread between seeds (std up to 1.4): PQ." in text
 
 
 def test_format_table():
     text = format_table(PAPER["table_xi"][:2], ["name", "scale", "pq", "fps"])
     assert text.splitlines()[0] == "| name | scale | pq | fps |"
     assert "| PanopticFPN R50 | 800 | 39.0 | 18.9 |" in text
+    assert format_table([{"pq_th": float("nan")}], ["pq_th"]).endswith("| not measured |")
 
 
 def test_table_xi_scales_and_speed_description():
@@ -185,6 +193,20 @@ def test_table_xi_scales_and_speed_description():
     assert "changes PQ by -5.0, PQ_Th by -10.0 and PQ_St by +1.0 (paper: -3.5, -5.3, -0.5)" in text
     with pytest.raises(ValueError):
         describe_speed(rows[:1])
+    # the same padded size: the network does the same work, whatever the clock says
+    same = [dict(r, padded=256) for r in rows]
+    assert "Both scales are padded to 256 px" in describe_speed(same)
+    assert "timing noise" in describe_speed(same)
+    # 1.1x with per-image times spread +-50% over 4 images: inside the noise (2 SE = 71%)
+    noisy = [dict(rows[0], images_per_s=2.2, seconds=4 / 2.2, images=4, padded=128,
+                  seconds_sd=0.5 / 2.2),
+             dict(rows[1], images_per_s=2.0, seconds=2.0, images=4, padded=256, seconds_sd=0.25)]
+    assert "within the timing noise (±71%)" in describe_speed(noisy)
+    clear = [dict(r, seconds_sd=0.0, seconds=r["images_per_s"] ** -1, images=1, padded=p)
+             for r, p in zip(rows, (128, 256))]
+    assert "timing noise" not in describe_speed(clear)
+    unmeasured = describe_speed([dict(r, pq_th=float("nan")) for r in rows])
+    assert "PQ_Th not measured" in unmeasured and "nan" not in unmeasured
     points = speed_points(rows) + speed_points(PAPER["table_xi"], "paper")
     assert points[0] == {"name": "128 px", "fps": 6.0, "pq": 30.0, "source": "measured"}
     assert points[2] == {"name": "PanopticFPN R50 800", "fps": 18.9, "pq": 39.0,
