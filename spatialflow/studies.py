@@ -342,13 +342,14 @@ def table_xi_scales(test_size: int) -> List[int]:
 
 
 def speed_points(rows: Sequence[dict], source: str = "measured") -> List[dict]:
-    """Points ``{"name", "fps", "pq", "source"}`` to plot: of :func:`speed_vs_scale` rows
-    (named by scale), or of ``PAPER["table_xi"]`` with ``source="paper"``."""
+    """Points ``{"name", "fps", "pq", "source", "group", "scale"}`` to plot: of
+    :func:`speed_vs_scale` rows (named by scale, one group), or of ``PAPER["table_xi"]`` with
+    ``source="paper"`` (a group per model); a plot joins a group's points in scale order."""
     if source == "paper":
         return [{"name": f"{r['name']} {r['scale']}", "fps": r["fps"], "pq": r["pq"],
-                 "source": "paper"} for r in rows]
+                 "source": "paper", "group": r["name"], "scale": r["scale"]} for r in rows]
     return [{"name": f"{r['scale']} px", "fps": r["images_per_s"], "pq": r["pq"],
-             "source": source} for r in rows]
+             "source": source, "group": "measured", "scale": r["scale"]} for r in rows]
 
 
 def describe_speed(rows: Sequence[dict]) -> str:

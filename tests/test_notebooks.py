@@ -115,7 +115,7 @@ def test_05_loss_balance(studies, tmp_path):
     assert sorted(r["lambda"] for r in rows) == [0.75, 1.0]
     assert "| lambda | n | pq | pq_th | pq_st |" in text and "| 0.25 | 39.30 |" in text
     assert "- **lambda = 0.75** vs **lambda = 1.0**: PQ " in text
-    assert sum(images(nb)) == 2  # measured and paper curves
+    assert sum(images(nb)) == 1  # measured and paper curves on the same axes
 
 
 def test_06_accuracy_vs_speed(studies, tmp_path):

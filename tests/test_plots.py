@@ -45,6 +45,11 @@ def series(ax):
             for c in ax.containers if isinstance(c, ErrorbarContainer)}
 
 
+def series_color(ax, label):
+    container = next(c for c in ax.containers if c.get_label() == label)
+    return container.lines[0].get_color()
+
+
 def test_training_curves_from_records():
     fig = training_curves(RECORDS)
     assert isinstance(fig, Figure) and len(fig.axes) == 3
@@ -154,6 +159,10 @@ def test_ablation_bars_contents():
     assert segs[1][:, 1] == pytest.approx([36.0, 38.0])          # flows: min .. max
     with pytest.raises(ValueError):
         ablation_bars(ROWS, error="sem")
+    one = ablation_bars([r for r in ROWS if r.get("seed", 0) == 0], title="Table V").axes[0]
+    assert one.get_title() == ("Table V\none run per bar: no error bars (no spread between "
+                               "seeds is known)")
+    assert all(c.errorbar is None for c in bars(one))
 
 
 def test_accuracy_speed_plot():
@@ -171,6 +180,10 @@ def test_accuracy_speed_plot():
     assert ax.get_xlabel().startswith("speed") and ax.get_ylabel() == "PQ"
     with pytest.raises(ValueError):
         accuracy_speed_plot([{"name": "x", "fps": 1, "pq": 1, "source": "guess"}])
+    # points of a group are joined in the order of their scales, not of the rows
+    grouped = [dict(r, group="g", scale=s) for r, s in zip(rows, (0, 800, 400))]
+    line, = accuracy_speed_plot(grouped[1:] + grouped[:1]).axes[0].get_lines()
+    assert list(line.get_xdata()) == [19.6, 10.0]
 
 
 def test_lambda_plot():
@@ -180,14 +193,28 @@ def test_lambda_plot():
             {"lambda": 0.5, "seed": 0, "pq_th": 41.0, "pq_st": 32.0}]
     ax = lambda_plot(rows).axes[0]
     got = series(ax)
-    assert got["PQ_Th"] == ([0.25, 0.5, 1.0], [43.0, 41.0, 40.0])
-    assert got["PQ_St"] == ([0.25, 0.5, 1.0], [34.0, 32.0, 30.0])
+    assert got["PQ_Th, measured"] == ([0.25, 0.5, 1.0], [43.0, 41.0, 40.0])
+    assert got["PQ_St, measured"] == ([0.25, 0.5, 1.0], [34.0, 32.0, 30.0])
+    assert ax.get_title() == "loss balance\nmean of 2 seeds, error bars ± sample std"
+    assert ax.get_ylim()[0] == 0
     bars = ax.containers[0].lines[2][0].get_segments()           # +- std where 2 seeds
     assert bars[0][:, 1] == pytest.approx([43 - math.sqrt(2), 43 + math.sqrt(2)])
     assert ax.get_xlabel().startswith("lambda")
     single = lambda_plot(rows[:1] + rows[3:], metrics=("pq_th",)).axes[0]
-    assert series(single)["PQ_Th"] == ([0.5, 1.0], [41.0, 40.0])
+    assert series(single)["PQ_Th, measured"] == ([0.5, 1.0], [41.0, 40.0])
     assert np.asarray(single.containers[0].lines[2]).size == 0   # no error bars for one seed
+    assert single.get_title().endswith("one seed: no error bars")
+    # the paper's values on the same axes, dashed, in the colour of their metric
+    from spatialflow.studies import PAPER
+
+    both = lambda_plot(rows, paper=PAPER["table_iv"]).axes[0]
+    paper = {line.get_label(): line for line in both.get_lines()
+             if line.get_label().endswith(", paper")}
+    assert set(paper) == {"PQ_Th, paper", "PQ_St, paper"}
+    theirs = sorted(PAPER["table_iv"], key=lambda r: r["lambda"])
+    assert list(paper["PQ_Th, paper"].get_ydata()) == [r["pq_th"] for r in theirs]
+    assert paper["PQ_Th, paper"].get_linestyle() == "--"
+    assert paper["PQ_Th, paper"].get_color() == series_color(both, "PQ_Th, measured")
 
 
 def test_quality_curve_medians_dots_and_goals():
@@ -218,6 +245,7 @@ def test_study_parts_table_paper_bars_and_sentences():
     assert parts[0].startswith("**Table V, measured**")
     assert "| baseline | 2 | 10.5 ± 0.7 | 1.0 ± 0.0 | 20.0 ± 0.0 |" in parts[0]
     assert "| + sub-networks | 40.3 | 46.2 | 31.4 |" in parts[1]
-    assert isinstance(parts[2], Figure) and parts[2].axes[0].get_title() == "Table V"
+    assert isinstance(parts[2], Figure) and parts[2].axes[0].get_title() == (
+        "Table V\nmean over 2 seeds per bar, error bars: ± sample std")
     assert parts[3].startswith("- **+ both** vs **baseline**: PQ +2.0 (paper +1.2, same sign)")
     assert len(study_parts("x", rows, "+ both")) == 3  # no paper table

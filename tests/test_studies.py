@@ -208,9 +208,10 @@ def test_table_xi_scales_and_speed_description():
     unmeasured = describe_speed([dict(r, pq_th=float("nan")) for r in rows])
     assert "PQ_Th not measured" in unmeasured and "nan" not in unmeasured
     points = speed_points(rows) + speed_points(PAPER["table_xi"], "paper")
-    assert points[0] == {"name": "128 px", "fps": 6.0, "pq": 30.0, "source": "measured"}
+    assert points[0] == {"name": "128 px", "fps": 6.0, "pq": 30.0, "source": "measured",
+                         "group": "measured", "scale": 128}
     assert points[2] == {"name": "PanopticFPN R50 800", "fps": 18.9, "pq": 39.0,
-                         "source": "paper"}
+                         "source": "paper", "group": "PanopticFPN R50", "scale": 800}
 
 
 def test_describe_differences_by_another_key():

@@ -210,7 +210,9 @@ def ablation_bars(rows: Sequence[dict], metrics: Sequence[str] = ("pq", "pq_th",
 
     The bars of metric ``k`` form the ``k``-th ``BarContainer`` of ``fig.axes[0].containers``
     (labelled with :data:`METRIC_LABELS` or ``labels``, its ``errorbar`` the error bars); the x
-    tick labels are the variants.
+    tick labels are the variants. The axes' title is ``title`` (if given) over a line that
+    always says how many runs each bar averages and what the error bars are; with one run per
+    variant there is no spread, and no error bars are drawn.
     """
     if error not in ("std", "minmax"):
         raise ValueError(f"error must be 'std' or 'minmax', got {error!r}")
@@ -221,9 +223,13 @@ def ablation_bars(rows: Sequence[dict], metrics: Sequence[str] = ("pq", "pq_th",
     ax = fig.subplots()
     x = np.arange(len(summary))
     width = 0.8 / max(1, len(metrics))
+    n = sorted({s[m]["n"] for s in summary for m in metrics})
+    spread = n[-1] > 1
     for k, m in enumerate(metrics):
         means = np.array([s[m]["mean"] for s in summary])
-        if error == "std":
+        if not spread:
+            yerr = None
+        elif error == "std":
             yerr = np.array([s[m]["std"] for s in summary])
         else:
             yerr = np.array([[s[m]["mean"] - s[m]["min"] for s in summary],
@@ -232,11 +238,12 @@ def ablation_bars(rows: Sequence[dict], metrics: Sequence[str] = ("pq", "pq_th",
                label=labels.get(m, m))
     ax.set_xticks(x, [str(s["variant"]) for s in summary],
                   rotation=20 if len(summary) > 4 else 0, ha="right" if len(summary) > 4 else "center")
-    n = sorted({s[m]["n"] for s in summary for m in metrics})
     runs = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
-    ax.set(xlabel="variant", ylabel=ylabel,
-           title=title or f"mean over {runs} run(s), error bars: "
-                          f"{'std' if error == 'std' else 'min-max'}")
+    what = (f"mean over {runs} seeds per bar, error bars: "
+            f"{'± sample std' if error == 'std' else 'min to max run'}" if spread
+            else "one run per bar: no error bars (no spread between seeds is known)")
+    ax.set(xlabel="variant", ylabel=ylabel, title=f"{title}\n{what}" if title else what)
+    ax.set_ylim(bottom=0)
     if len(metrics) > 1:
         ax.legend(fontsize="small")
     return fig
@@ -247,6 +254,8 @@ def accuracy_speed_plot(rows: Sequence[dict], title: Optional[str] = "accuracy v
     """PQ against speed, one labelled point per row ``{"name", "fps", "pq", "source"}``;
     ``source`` ``"measured"`` (circles) or ``"paper"`` (squares), each a scatter labelled
     with its source (``fig.axes[0].collections``); names are annotations next to the points.
+    Rows with a ``group`` and a ``scale`` (as :func:`spatialflow.studies.speed_points` gives
+    them) are joined by a line per group in the order of their scales.
     Speeds measured here and the paper's (a V100) are not comparable in absolute terms; the
     plot shows the shape of the trade-off."""
     markers = {"measured": "o", "paper": "s"}
@@ -256,6 +265,15 @@ def accuracy_speed_plot(rows: Sequence[dict], title: Optional[str] = "accuracy v
         if r.get("source") not in markers:
             raise ValueError(f"source must be 'measured' or 'paper', got {r.get('source')!r} "
                              f"in {r}")
+    groups: Dict[tuple, list] = {}
+    for r in rows:
+        if r.get("group") is not None and r.get("scale") is not None:
+            groups.setdefault((r["source"], r["group"]), []).append(r)
+    for (source, _), pts in groups.items():
+        if len(pts) > 1:
+            pts = sorted(pts, key=lambda r: r["scale"])
+            ax.plot([r["fps"] for r in pts], [r["pq"] for r in pts], color="0.6", lw=1,
+                    zorder=0)
     for source, marker in markers.items():
         pts = [r for r in rows if r["source"] == source]
         if not pts:
@@ -266,7 +284,7 @@ def accuracy_speed_plot(rows: Sequence[dict], title: Optional[str] = "accuracy v
             ax.annotate(str(r["name"]), (r["fps"], r["pq"]), xytext=(4, 4),
                         textcoords="offset points", fontsize="small")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.margins(0.15)
+    ax.margins(x=0.25, y=0.15)  # room for the names right of the points
     if ax.collections:
         ax.legend(fontsize="small")
     return fig
@@ -274,26 +292,39 @@ def accuracy_speed_plot(rows: Sequence[dict], title: Optional[str] = "accuracy v
 
 def lambda_plot(rows: Sequence[dict], metrics: Sequence[str] = ("pq_th", "pq_st"),
                 title: Optional[str] = "loss balance", ylabel: str = "PQ",
-                labels: Optional[Dict[str, str]] = None) -> Figure:
+                labels: Optional[Dict[str, str]] = None,
+                paper: Optional[Sequence[dict]] = None) -> Figure:
     """The loss-balance sweep (paper Table IV): each metric against lambda, the mean over the
     rows (seeds) of each lambda, with +- std error bars when a lambda has several rows.
 
     ``rows``: ``{"lambda", "pq_th", "pq_st", ...}`` dicts (``"pq"`` too if listed in
     ``metrics``). One line per metric, an ``ErrorbarContainer`` in ``fig.axes[0].containers``
-    labelled with :data:`METRIC_LABELS` or ``labels``, its data sorted by lambda."""
+    labelled with :data:`METRIC_LABELS` or ``labels``, its data sorted by lambda. ``paper``:
+    the paper's rows (``PAPER["table_iv"]``) drawn on the same axes, dashed, in the colour of
+    the same metric, labelled "paper". The y axis starts at 0."""
     labels = {**METRIC_LABELS, **(labels or {})}
     summary = sorted(summarize(rows, metrics, by="lambda"), key=lambda e: e["lambda"])
     lambdas = [e["lambda"] for e in summary]
     fig = Figure(figsize=(5.5, 3.8), layout="constrained")
     ax = fig.subplots()
-    for m in metrics:
+    seeds = max((e[m]["n"] for e in summary for m in metrics), default=0)
+    for k, m in enumerate(metrics):
         stats = [e[m] for e in summary]
         means = [s["mean"] for s in stats]
         several = any(s["n"] > 1 for s in stats)
         ax.errorbar(lambdas, means, yerr=[s["std"] for s in stats] if several else None,
-                    marker="o", capsize=3, label=labels.get(m, m))
-    ax.set(xlabel="lambda (stuff loss weight)", ylabel=ylabel, title=title)
-    ax.legend(fontsize="small")
+                    marker="o", capsize=3, color=f"C{k}",
+                    label=f"{labels.get(m, m)}, measured")
+        if paper:
+            theirs = sorted(paper, key=lambda r: r["lambda"])
+            ax.plot([r["lambda"] for r in theirs], [r[m] for r in theirs], ls="--", marker="s",
+                    color=f"C{k}", label=f"{labels.get(m, m)}, paper")
+    what = (f"mean of {seeds} seeds, error bars ± sample std" if seeds > 1
+            else "one seed: no error bars")
+    ax.set(xlabel="lambda (stuff loss weight)", ylabel=ylabel,
+           title=f"{title}\n{what}" if title else what)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize="small", ncol=2 if paper else 1)
     return fig
 
 
