@@ -166,6 +166,18 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=_-]+", "_", name).strip("_") or "variant"
 
 
+def run_label(run) -> str:
+    """A short name of a run folder (or a checkpoint in it) for titles: a study's run
+    ``<variant slug>-<config key>/seed<k>`` is ``'<variant slug>, seed <k>'`` (e.g.
+    ``'both, seed 0'``), any other run its folder's name."""
+    folder = Path(run) if Path(run).is_dir() or not Path(run).suffix else Path(run).parent
+    match = re.fullmatch(r"seed(\d+)", folder.name)
+    study = re.fullmatch(r"(.+)-[0-9a-f]{8}", folder.parent.name)
+    if match and study:
+        return f"{study.group(1)}, seed {match.group(1)}"
+    return folder.name
+
+
 def config_key(cfg) -> str:
     """Eight hex digits that name what a run trains: the config without its seed, the folder
     of its data and its fault handling, so variants of different studies that build the same model share

@@ -244,3 +244,14 @@ def test_notebook_helpers(tmp_path):
     rows = {"Table V": [{"variant": "x", "pq": 1.5}]}
     path = save_rows(tmp_path / "a" / "rows.json", rows)
     assert json.loads(path.read_text()) == rows
+
+
+def test_run_label(tmp_path):
+    from spatialflow.studies import run_label
+
+    run = tmp_path / "both-7b8a4e6d" / "seed2"
+    run.mkdir(parents=True)
+    assert run_label(run) == "both, seed 2"
+    assert run_label(run / "model_final.pt") == "both, seed 2"
+    assert run_label(tmp_path / "demo" / "run") == "run"
+    assert run_label(tmp_path / "x" / "seed0") == "seed0"     # not a study's folder

@@ -280,8 +280,19 @@ def test_with_a_real_tiny_model_and_from_run(ds, tmp_path):
                                   "categories": CM.to_coco()})
     ex = PanopticExplorer.from_run(run, data=ds.image_dir.parent, run_b=run / FINAL,
                                    splits=["train"])
-    assert [p["name"] for p in ex.state()["panels"]] == ["ground truth", "run", "run"]
+    assert [p["name"] for p in ex.state()["panels"]] == ["ground truth", "run (A)", "run (B)"]
     assert ex.stuff_area.value == cfg.infer.stuff_area
+    # A/B of two study runs: the panels carry the variants, not 'seed0' twice
+    import shutil
+
+    for variant in ("both-0123abcd", "sub-networks-89abcdef"):
+        (tmp_path / "study" / variant).mkdir(parents=True)
+        shutil.copytree(run, tmp_path / "study" / variant / "seed0")
+    ex = PanopticExplorer.from_run(tmp_path / "study" / "both-0123abcd" / "seed0",
+                                   data=ds.image_dir.parent, splits=["train"],
+                                   run_b=tmp_path / "study" / "sub-networks-89abcdef" / "seed0")
+    assert [p["name"] for p in ex.state()["panels"]] == ["ground truth", "both, seed 0",
+                                                          "sub-networks, seed 0"]
 
     # open(): the run if it holds a model, else the ground truth with a warning
     ex = PanopticExplorer.open(run, data=ds.image_dir.parent, splits=["train"])
@@ -449,3 +460,14 @@ def test_from_run_refuses_other_categories_and_folders_that_are_not_runs(ds, tmp
     for open_ in (PanopticExplorer.from_run, PanopticExplorer.open):
         with pytest.raises(InputError, match=r"checkpoint_last.pt: not a readable checkpoint"):
             open_(broken, data=data)
+
+
+def test_pq_table_says_not_measured_for_an_absent_group():
+    from viz.widgets import pq_html
+
+    result = {"All": {"pq": 0.5, "sq": 0.8, "rq": 0.625, "n": 2},
+              "Things": {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0},
+              "Stuff": {"pq": 0.5, "sq": 0.8, "rq": 0.625, "n": 2}}
+    text = pq_html("A", result)
+    assert "<tr><td>Things</td><td>-</td><td>-</td><td>-</td><td>0</td></tr>" in text
+    assert "<tr><td>Stuff</td><td>50.0</td><td>80.0</td><td>62.5</td><td>2</td></tr>" in text

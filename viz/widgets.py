@@ -37,6 +37,7 @@ from spatialflow.errors import DatasetError, InputError
 from spatialflow.evaluation import image_pq
 from spatialflow.panoptic import merge_outputs
 from spatialflow.render import panoptic_overlay, segment_colors, side_by_side
+from spatialflow.studies import run_label
 
 #: the merge thresholds an explorer exposes as sliders (fields of :class:`InferConfig`)
 THRESHOLD_KEYS = ("mask_conf", "overlap", "stuff_area", "box_fill", "box_fill_enabled")
@@ -144,12 +145,20 @@ def legend_html(items: Sequence[dict]) -> str:
 
 def pq_html(name: str, result: Optional[dict]) -> str:
     """A small HTML table of one image's PQ / SQ / RQ (x100) for All, Things and Stuff
-    (``result`` as :func:`spatialflow.evaluation.image_pq` returns it); empty for ``None``."""
+    (``result`` as :func:`spatialflow.evaluation.image_pq` returns it); empty for ``None``. A
+    group with no class in the image's ground truth or prediction (``n`` 0, e.g. Things on an
+    image without things) shows "-": it was not measured, it did not score 0."""
     if result is None:
         return ""
-    cells = "".join(f"<tr><td>{g}</td><td>{100 * result[g]['pq']:.1f}</td>"
-                    f"<td>{100 * result[g]['sq']:.1f}</td><td>{100 * result[g]['rq']:.1f}</td>"
-                    f"<td>{result[g]['n']}</td></tr>" for g in ("All", "Things", "Stuff"))
+
+    def row(g):
+        r = result[g]
+        if not r["n"]:
+            return f"<tr><td>{g}</td><td>-</td><td>-</td><td>-</td><td>0</td></tr>"
+        return (f"<tr><td>{g}</td><td>{100 * r['pq']:.1f}</td><td>{100 * r['sq']:.1f}</td>"
+                f"<td>{100 * r['rq']:.1f}</td><td>{r['n']}</td></tr>")
+
+    cells = "".join(row(g) for g in ("All", "Things", "Stuff"))
     return (f"<table><tr><th>{html.escape(name)}</th><th>PQ</th><th>SQ</th><th>RQ</th>"
             f"<th>n</th></tr>{cells}</table>")
 
@@ -401,8 +410,10 @@ class PanopticExplorer:
         cfg = predictor.config
         root = Path(data) if data is not None else prepare_data(cfg, predictor.run, write=False)
         predictor_b = Predictor.from_run(run_b, device) if run_b is not None else None
-        if names is None:
-            names = (predictor.run.name, "B" if run_b is None else predictor_b.run.name)
+        if names is None:  # the variants of study runs, else the folders' names
+            names = (run_label(run), "B" if run_b is None else run_label(run_b))
+            if names[0] == names[1]:  # two runs of folders with the same name
+                names = (f"{names[0]} (A)", f"{names[1]} (B)")
         kwargs.setdefault("infer", cfg.infer)
         kwargs.setdefault("test_size", cfg.data.test_size)
         kwargs.setdefault("max_size", cfg.data.max_size)
