@@ -89,10 +89,15 @@ def variant(variants: Sequence[Variant], name: str) -> Variant:
     raise KeyError(f"no variant {name!r}; there are {[v.name for v in variants]}")
 
 
-def notebook_settings(quick: bool, iters: int) -> List[str]:
+def notebook_settings(quick: bool, iters: int, eval_every: int = 0) -> List[str]:
     """The overrides of a notebook's runs: :data:`QUICK_OVERRIDES` in quick mode, else
-    ``train.max_iters=iters``."""
-    return list(QUICK_OVERRIDES) if quick else [f"train.max_iters={iters}"]
+    ``train.max_iters=iters``; with ``eval_every`` the run is also evaluated on the val split
+    every that many iterations (every iteration in quick mode), for PQ curves during
+    training."""
+    settings = list(QUICK_OVERRIDES) if quick else [f"train.max_iters={iters}"]
+    if eval_every:
+        settings.append(f"train.eval_every={1 if quick else eval_every}")
+    return settings
 
 
 def planned_study(variants: Sequence[Variant], seeds: Sequence[int], out, base="tiny-cpu",

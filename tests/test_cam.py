@@ -276,6 +276,19 @@ def test_overlay_and_flows_figure():
     assert fig.axes[-1].get_ylabel() == C.CAM_SCALE
     assert fig._suptitle.get_text() == "stuff head"
     assert len(C.levels_figure(image, models["with flows"], "cls").axes) == 7
+    # where the object is: the ground truth's outline of each class, dashed, on every CAM
+    pan = np.zeros((128, 128), np.int32)
+    pan[:64] = 1
+    pan[80:100, 20:60] = 2
+    segments = [{"id": 1, "category_id": 149}, {"id": 2, "category_id": 3}]
+    assert C.class_mask(pan, segments, 3).sum() == 20 * 40
+    fig = C.flows_comparison_figure(image, models, CATS, 3, 149, ground_truth=(pan, segments))
+    outlined = [len(ax.collections) > 0 for ax in fig.axes[:6]]
+    assert outlined == [False, True, True, False, True, True]
+    assert "dashed white: the class in the ground truth" in fig._suptitle.get_text()
+    fig = C.levels_figure(image, models["with flows"], "stuff", 0,
+                          outline=C.class_mask(pan, segments, 149))
+    assert all(len(ax.collections) > 0 for ax in fig.axes[:4])
 
 
 def test_largest_classes_picks_the_largest_thing_and_stuff():

@@ -56,6 +56,8 @@ def test_01_quickstart(tmp_path):
     metrics = json.loads((out / "run" / "eval" / "final" / "metrics.json").read_text())
     assert {"panoptic", "bbox"} <= set(metrics)
     assert "PQ" in text and "Things" in text and "box AP" in text
+    logged = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in logged if "eval" in r] == [1]  # PQ during training, on the curves
     shown = images(nb)
     assert shown[-3] >= 1, shown  # the training curves
     assert shown[-1] == 2, shown  # ground truth | prediction of both quick val images

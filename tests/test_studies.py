@@ -241,6 +241,8 @@ def test_notebook_helpers(tmp_path):
         variant(fig4_variants(), "flows")
     assert notebook_settings(True, 800) == list(QUICK_OVERRIDES)
     assert notebook_settings(False, 800) == ["train.max_iters=800"]
+    assert notebook_settings(False, 300, 100) == ["train.max_iters=300", "train.eval_every=100"]
+    assert notebook_settings(True, 300, 100)[-1] == "train.eval_every=1"
     rows = {"Table V": [{"variant": "x", "pq": 1.5}]}
     path = save_rows(tmp_path / "a" / "rows.json", rows)
     assert json.loads(path.read_text()) == rows

@@ -346,14 +346,37 @@ def cam_examples(dataset, count: int, at_least: int = 0) -> List[Tuple[int, int,
     return found
 
 
+def class_mask(panoptic: np.ndarray, segments: Sequence[Mapping], category_id: int
+               ) -> np.ndarray:
+    """``bool[H,W]``: the pixels of the segments of ``category_id`` in a panoptic id map."""
+    ids = [s["id"] for s in segments if s["category_id"] == category_id]
+    return np.isin(panoptic, ids)
+
+
+def _outline(ax, mask: Optional[np.ndarray]) -> None:
+    """Where the object is: the outline of ``mask`` over a CAM panel (white, dashed)."""
+    if mask is not None and mask.any() and not mask.all():
+        ax.contour(mask.astype(float), levels=[0.5], colors="white", linewidths=1.2,
+                   linestyles="--")
+
+
 def flows_comparison_figure(image: torch.Tensor, models: Mapping[str, nn.Module],
                             categories: CategoryMap, thing_class: int, stuff_class: int,
-                            method: str = "gradcam") -> Figure:
+                            method: str = "gradcam",
+                            ground_truth: Optional[Tuple[np.ndarray, Sequence[Mapping]]] = None
+                            ) -> Figure:
     """Paper Fig. 5: one row per model or :class:`~spatialflow.engine.runs.Predictor` (e.g.
     ``{"with flows": m1, "without flows": m2}``),
     columns = the image, the cls-head CAM of thing ``thing_class`` and the stuff-head CAM of
-    ``stuff_class`` (dataset category ids of ``categories``)."""
+    ``stuff_class`` (dataset category ids of ``categories``), with a colour bar.
+    ``ground_truth``: the image's ``(panoptic id map, segments_info)``; the ground-truth
+    outline of the class (dashed white) is then drawn on each CAM, so one sees whether the
+    heat falls on the object."""
     thing, stuff = categories.thing_index(thing_class), categories.stuff_index(stuff_class)
+    outlines = [None, None, None]
+    if ground_truth is not None:
+        pan, segments = ground_truth
+        outlines[1:] = [class_mask(pan, segments, c) for c in (thing_class, stuff_class)]
     fig = Figure(figsize=(9, 3 * len(models)), layout="constrained")
     axes = fig.subplots(len(models), 3, squeeze=False)
     for row, (name, model) in zip(axes, models.items()):
@@ -362,13 +385,16 @@ def flows_comparison_figure(image: torch.Tensor, models: Mapping[str, nn.Module]
         panels = [(_rgb(image), "image"),
                   (cam_overlay(image, cls_cam), f"cls CAM: {categories.name(thing_class)}"),
                   (cam_overlay(image, stuff_cam), f"stuff CAM: {categories.name(stuff_class)}")]
-        for ax, (picture, title) in zip(row, panels):
+        for ax, (picture, title), outline in zip(row, panels, outlines):
             ax.imshow(picture)
+            _outline(ax, outline)
             ax.set_title(title, fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
         row[0].set_ylabel(name)
     _cam_colorbar(fig, axes[:, 1:])
+    if ground_truth is not None:
+        fig.suptitle("dashed white: the class in the ground truth", fontsize=9)
     return fig
 
 
@@ -387,9 +413,11 @@ def _cam_colorbar(fig: Figure, axes) -> None:
 
 def levels_figure(image: torch.Tensor, model: nn.Module, head: str = "cls",
                   target: Union[None, int, Callable] = None, method: str = "gradcam",
-                  title: Optional[str] = None) -> Figure:
+                  title: Optional[str] = None, outline: Optional[np.ndarray] = None) -> Figure:
     """One row: the combined CAM of ``head`` and then its map at each FPN level (P3 first:
-    5 for cls, 3 for stuff), each over the image (see :func:`compute_cam` for ``target``)."""
+    5 for cls, 3 for stuff), each over the image (see :func:`compute_cam` for ``target``),
+    with a colour bar; ``outline``: a ``bool[H,W]`` mask (e.g. :func:`class_mask` of the
+    target's class) drawn dashed on every map."""
     maps = [compute_cam(model, image, head, target, method)]
     maps += compute_cam(model, image, head, target, method, per_level=True)
     names = ["combined"] + [name.upper() for name in FPN_LEVELS[:len(maps) - 1]]
@@ -397,6 +425,7 @@ def levels_figure(image: torch.Tensor, model: nn.Module, head: str = "cls",
     axes = fig.subplots(1, len(maps), squeeze=False)
     for ax, cam, name in zip(axes[0], maps, names):
         ax.imshow(cam_overlay(image, cam))
+        _outline(ax, outline)
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])

@@ -72,8 +72,10 @@ def make_figures(out, study="runs/studies", base: str = "tiny-cpu",
 
     index, thing, stuff = examples[0]
     models = {"with spatial flows": predictor, "without flows": without}
-    flows_comparison_figure(to_tensor(data.load(index)[0]), models, categories, thing,
-                            stuff).savefig(paths["cam_pair.png"], dpi=dpi)
+    image, gt, record = data.load(index)
+    flows_comparison_figure(to_tensor(image), models, categories, thing, stuff,
+                            ground_truth=(gt, record["segments_info"])
+                            ).savefig(paths["cam_pair.png"], dpi=dpi)
     ablation_bars(rows, title=f"Table V on the synthetic data ({len(seeds)} seed(s))"
                   ).savefig(paths["ablation.png"], dpi=dpi)
     (out / "figures.json").write_text(json.dumps(

@@ -645,7 +645,11 @@ def make_synthetic(out, num_train=200, num_val=50, size=128, seed=0, workers=Non
         results = map(_job, jobs)
         pool = None
     else:
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        # never a plain fork: forking a process that runs threads (a Jupyter kernel, torch's
+        # thread pool, tqdm's monitor) can leave a child blocked on a lock another thread held
+        # (a notebook's data step hung so, now and then); the fork server is a fresh process
+        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods()
+                             else "spawn")
         pool = ctx.Pool(workers)
         results = pool.imap(_job, jobs, chunksize=max(1, min(16, len(jobs) // (8 * workers))))
     try:
