@@ -23,6 +23,31 @@ def test_figures_are_written_from_study_runs(tmp_path, capsys):
     overlay = Image.open(out / "overlay.png")
     assert overlay.height > 2 * 128  # two images, each ground truth | prediction
     assert len(list(study.glob("*/seed0/model_final.pt"))) == 4  # cached for the notebooks
+    # the pictures of the first seed alone need its two runs only (here: cached)
+    again = tmp_path / "again"
+    assert main(["--out", str(again), "--study", str(study), "--quick", "--seeds", "0",
+                 "--split", "train", "--only", "overlay.png", "cam_pair.png"]) == 0
+    assert sorted(p.name for p in again.iterdir()) == ["cam_pair.png", "overlay.png"]
+
+
+def test_overlay_figure_titles_and_legend():
+    from spatialflow.data.categories import CategoryMap
+    from spatialflow.data.synthetic import SYNTHETIC_CATEGORIES
+    from viz.overlay import overlay_figure
+
+    cats = CategoryMap.from_coco(SYNTHETIC_CATEGORIES)
+    image = np.zeros((40, 60, 3), np.uint8)
+    pan = np.zeros((40, 60), np.int32)
+    pan[:20] = 1
+    pan[25:35, 10:30] = 2
+    segments = [{"id": 1, "category_id": 149, "area": 1200, "bbox": [0, 0, 60, 20]},
+                {"id": 2, "category_id": 3, "area": 200, "bbox": [10, 25, 20, 10]}]
+    fig = overlay_figure([(image, [("ground truth", pan, segments), ("prediction", pan, [])])],
+                         cats, title="what it shows")
+    assert [ax.get_title() for ax in fig.axes] == ["ground truth", "prediction"]
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["car (thing)", "road (stuff)"]
+    assert fig._suptitle.get_text() == "what it shows"
 
 
 def test_quality_figure_from_a_bench_json(tmp_path):

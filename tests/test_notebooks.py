@@ -60,7 +60,7 @@ def test_01_quickstart(tmp_path):
     assert [r["iter"] for r in logged if "eval" in r] == [1]  # PQ during training, on the curves
     shown = images(nb)
     assert shown[-3] >= 1, shown  # the training curves
-    assert shown[-1] == 2, shown  # ground truth | prediction of both quick val images
+    assert shown[-1] == 1, shown  # one figure: ground truth | prediction, titled, with a legend
 
 
 def widget_views(nb):

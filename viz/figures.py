@@ -21,17 +21,15 @@ import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-import numpy as np
-from PIL import Image
 
 from spatialflow.data.coco_panoptic import CocoPanopticDataset
 from spatialflow.engine.predict import to_tensor
 from spatialflow.engine.runs import Predictor
 from spatialflow.studies import (QUICK_OVERRIDES, components_variants, describe_plan, plan_study,
-                                 run_study)
+                                 run_study, variant)
 from viz.cam import cam_examples, flows_comparison_figure
+from viz.overlay import overlay_figure, prediction_rows
 from viz.plots import ablation_bars
-from viz.widgets import render_view
 
 FIGURES = ("overlay.png", "cam_pair.png", "ablation.png")
 
@@ -39,15 +37,24 @@ FIGURES = ("overlay.png", "cam_pair.png", "ablation.png")
 def make_figures(out, study="runs/studies", base: str = "tiny-cpu",
                  overrides: Sequence[str] = ("train.max_iters=800",),
                  seeds: Sequence[int] = (0, 1, 2), images: int = 2, split: Optional[str] = None,
-                 progress: bool = True, dpi: int = 100, workers: int = 2) -> Dict[str, Path]:
-    """Write :data:`FIGURES` into ``out`` from the Table V runs of ``study`` (trained there
-    if missing, ``overrides`` applied to ``base``); the overlay and the CAMs show the first
-    ``images`` images of ``split`` (default: the val split) that have a thing and a stuff
-    segment, with the first seed's models; ``workers`` runs train side by side. Returns
-    ``{name: path}``."""
+                 progress: bool = True, dpi: int = 100, workers: int = 2,
+                 only: Optional[Sequence[str]] = None) -> Dict[str, Path]:
+    """Write :data:`FIGURES` (or those named in ``only``) into ``out`` from the Table V runs
+    of ``study`` (trained there if missing, ``overrides`` applied to ``base``); the overlay
+    and the CAMs show the first ``images`` images of ``split`` (default: the val split) that
+    have a thing and a stuff segment, with the first seed's models; ``workers`` runs train
+    side by side. Without ``ablation.png`` only the first seed's '+ both' and
+    '+ sub-networks' runs are needed. Returns ``{name: path}``."""
+    only = list(FIGURES) if only is None else list(only)
+    unknown = sorted(set(only) - set(FIGURES))
+    if unknown:
+        raise ValueError(f"unknown figure(s) {unknown}; known: {list(FIGURES)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     variants = components_variants()
+    if "ablation.png" not in only:
+        variants = [variant(variants, "+ both"), variant(variants, "+ sub-networks")]
+        seeds = list(seeds)[:1]
     if progress:
         print(describe_plan(plan_study(variants, seeds, study, base, overrides, workers)))
     rows = run_study(variants, seeds, study, base, overrides, progress, workers=workers)
@@ -58,24 +65,26 @@ def make_figures(out, study="runs/studies", base: str = "tiny-cpu",
     data = CocoPanopticDataset.from_root(cfg.data.root, split or cfg.data.val_split)
     examples = cam_examples(data, images, at_least=1)
 
-    views = []
-    for index, _, _ in examples:
-        image, gt, record = data.load(index)
-        result = predictor(image)
-        views.append(render_view(image, [("ground truth", gt, record["segments_info"]),
-                                         ("SpatialFlow", result["panoptic"],
-                                          result["segments_info"])], categories))
-    gap = np.full((6, views[0].shape[1], 3), 255, np.uint8)
-    overlay = np.concatenate([v for view in views for v in (view, gap)][:-1])
-    paths = {name: out / name for name in FIGURES}
-    Image.fromarray(overlay).save(paths["overlay.png"])
-
+    paths = {name: out / name for name in only}
+    iters = cfg.train.max_iters
+    if "overlay.png" in paths:
+        shown = prediction_rows(predictor, data, [index for index, _, _ in examples],
+                                "SpatialFlow ('+ both')")
+        overlay_figure(shown, categories, title=f"Synthetic val images: ground truth | "
+                                                f"prediction after {iters} iterations "
+                                                f"(seed {seeds[0]})").savefig(
+            paths["overlay.png"], dpi=dpi)
+    if "cam_pair.png" not in paths and "ablation.png" not in paths:
+        return paths
     index, thing, stuff = examples[0]
     models = {"with spatial flows": predictor, "without flows": without}
     image, gt, record = data.load(index)
-    flows_comparison_figure(to_tensor(image), models, categories, thing, stuff,
-                            ground_truth=(gt, record["segments_info"])
-                            ).savefig(paths["cam_pair.png"], dpi=dpi)
+    if "cam_pair.png" in paths:
+        flows_comparison_figure(to_tensor(image), models, categories, thing, stuff,
+                                ground_truth=(gt, record["segments_info"])
+                                ).savefig(paths["cam_pair.png"], dpi=dpi)
+    if "ablation.png" not in paths:
+        return paths
     ablation_bars(rows, title=f"Table V on the synthetic data ({len(seeds)} seed(s))"
                   ).savefig(paths["ablation.png"], dpi=dpi)
     (out / "figures.json").write_text(json.dumps(
@@ -112,12 +121,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--quality", default="benchmarks/results/quality_per_minute.json",
                    help="a `spatialflow bench` JSON with a quality part: also draw "
                         "quality_per_minute.png from it (skipped when the file is missing)")
+    p.add_argument("--only", nargs="+", choices=FIGURES, default=None,
+                   help="make only these (without ablation.png only the first seed's '+ both' "
+                        "and '+ sub-networks' runs are needed)")
     p.add_argument("--quick", action="store_true",
                    help="2 iterations on 10 tiny images (a check that it works, not a result)")
     a = p.parse_args(argv)
     overrides = list(QUICK_OVERRIDES) if a.quick else [f"train.max_iters={a.iters}"]
     paths = make_figures(a.out, a.study, a.preset, overrides, a.seeds, a.images, a.split,
-                         progress=not a.quick, workers=a.workers)
+                         progress=not a.quick, workers=a.workers, only=a.only)
     if a.quality and Path(a.quality).is_file() and not a.quick:
         paths["quality_per_minute.png"] = quality_figure(a.quality, a.out)
     for name, path in paths.items():
