@@ -130,7 +130,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     overrides = list(QUICK_OVERRIDES) if a.quick else [f"train.max_iters={a.iters}"]
     paths = make_figures(a.out, a.study, a.preset, overrides, a.seeds, a.images, a.split,
                          progress=not a.quick, workers=a.workers, only=a.only)
-    if a.quality and Path(a.quality).is_file() and not a.quick:
+    if a.quality and Path(a.quality).is_file() and not a.quick and a.only is None:
         paths["quality_per_minute.png"] = quality_figure(a.quality, a.out)
     for name, path in paths.items():
         print(f"{name}: {path}")
