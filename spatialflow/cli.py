@@ -158,8 +158,8 @@ def cmd_demo(args) -> int:
 
     from spatialflow.config import load_config
     from spatialflow.data.synthetic import format_data_stats, make_synthetic, data_stats
-    from spatialflow.engine.runs import CHECKPOINT, FINAL, FINAL_EVAL, evaluate_run
-    from spatialflow.engine.train import train
+    from spatialflow.engine.runs import FINAL, FINAL_EVAL, evaluate_run
+    from spatialflow.engine.train import train_or_resume
     from spatialflow.evaluation import format_metrics
 
     t_start = time.perf_counter()
@@ -182,7 +182,7 @@ def cmd_demo(args) -> int:
     if (run / FINAL).is_file():
         print("  already trained: using it")
     else:
-        train(cfg, run, resume=(run / CHECKPOINT).is_file(), evaluate_at_end=False)
+        train_or_resume(cfg, run, evaluate_at_end=False)
     t_train = time.perf_counter()
 
     print(f"[3/4] evaluating on the {cfg.data.val_split} split (panopticapi, pycocotools)")

@@ -90,3 +90,19 @@ def test_build_model_takes_a_plain_coco_category_list(data_root):
                                                  b.state_dict().values()))
     with pytest.raises(InputError, match="'isthing'"):
         build_model(load_config("tiny-cpu"), [{"id": 1, "name": "cat"}])
+
+
+def test_train_or_resume(run, data_root, tmp_path):
+    from spatialflow.engine.runs import CHECKPOINT, FINAL, load_checkpoint
+    from spatialflow.engine.train import train_or_resume
+
+    before = (run / FINAL).stat().st_mtime_ns
+    assert train_or_resume(None, run) == run                # trained: left as it is
+    assert (run / FINAL).stat().st_mtime_ns == before
+    other = tmp_path / "other"
+    train(fast(data_root, "train.max_iters=3"), other, progress=False, evaluate_at_end=False,
+          stop_at=1)                                        # interrupted after one iteration
+    assert not (other / FINAL).exists()
+    train_or_resume(None, other, progress=False, evaluate_at_end=False)   # resumed to the end
+    assert load_checkpoint(other / FINAL)["iteration"] == 3
+    assert load_checkpoint(other / CHECKPOINT)["iteration"] == 3

@@ -14,7 +14,7 @@ from spatialflow.data.coco_panoptic import CocoPanopticDataset
 from spatialflow.data.synthetic import make_synthetic
 from spatialflow.engine.runs import (CHECKPOINT, FINAL, Predictor, evaluate_run, load_checkpoint,
                                      prepare_data)
-from spatialflow.engine.train import train
+from spatialflow.engine.train import train_or_resume
 from spatialflow.evaluation import PanopticEvaluator, metrics_row
 
 
@@ -24,8 +24,7 @@ def train_and_evaluate(cfg, run, seconds: float, eval_dir, progress: bool = Fals
     ``{"iteration", "train_s" (set-up included), "metrics", "checkpoint", "dataset"}``."""
     run = Path(run)
     start = time.perf_counter()
-    train(cfg, run, resume=(run / CHECKPOINT).is_file(), progress=progress,
-          evaluate_at_end=False, stop_after_s=seconds)
+    train_or_resume(cfg, run, progress=progress, evaluate_at_end=False, stop_after_s=seconds)
     spent = time.perf_counter() - start
     found = run / FINAL if (run / FINAL).is_file() else run / CHECKPOINT
     metrics = evaluate_run(found, out=eval_dir, progress=progress)

@@ -193,6 +193,17 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
             raise
 
 
+def train_or_resume(config, out, **kwargs) -> Path:
+    """Train ``config`` into the run folder ``out`` unless its final weights are there
+    already: a run with a checkpoint (interrupted) is resumed, an empty one started. Keyword
+    arguments go to :func:`train`. The demo, the notebooks and the quality bench call this, so
+    running them again re-uses or continues their runs."""
+    run = Path(out)
+    if (run / FINAL).is_file():
+        return run
+    return train(config, run, resume=(run / CHECKPOINT).is_file(), **kwargs)
+
+
 def _undo_start(run: Path, existed: bool, before: set) -> None:
     """Remove what a new run that never saved a checkpoint wrote into ``run``."""
     if not existed:
