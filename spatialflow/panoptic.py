@@ -191,8 +191,10 @@ def merge(boxes, scores, labels, masks, sem, categories: CategoryMap, *,
         segments.append(seg)
         return seg["id"]
 
+    # compared as Python floats: a float32 tensor against a float would round the threshold to
+    # float32 first (1e-300 becomes 0, and a score of 0 would pass it)
     order = [int(k) for k in torch.argsort(scores, descending=True, stable=True)
-             if scores[k] >= mask_conf]
+             if float(scores[k]) >= mask_conf]
     missing = [k for k in order if k >= len(masks)]
     if missing:
         raise ValueError(f"detection {missing[0]} (score {float(scores[missing[0]]):.3f} >= "

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from spatialflow.data.categories import CategoryMap
@@ -280,6 +280,13 @@ def check_merge(raw, pan, segs):
 
 @settings(max_examples=150, deadline=None)
 @given(raw=raw_outputs())
+@example(raw=(np.array([[-4.98650486, 0.07661931, -3.9931635, 0.82272609]]),  # found by
+              np.array([0.0], np.float32), np.array([1]),                      # hypothesis:
+              np.zeros((1, 1, 1, 1), np.float32),                             # a score of 0
+              np.array([[[0.265]], [[0.579]], [[0.675]]], np.float32),        # against a
+              {"mask_conf": 7.672048291311845e-242, "overlap": 0.0,          # threshold that
+               "stuff_area": 0, "box_fill": 0.0, "box_fill_enabled": False,  # float32 rounds
+               "mask_threshold": 0.0}))                                      # to 0
 def test_merge_properties(raw):
     boxes, scores, labels, masks, sem, kw = raw
     pan, segs = merge(boxes, scores, labels, masks, sem, CM, **kw)
