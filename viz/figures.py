@@ -85,7 +85,7 @@ def make_figures(out, study="runs/studies", base: str = "tiny-cpu",
                                 ).savefig(paths["cam_pair.png"], dpi=dpi)
     if "ablation.png" not in paths:
         return paths
-    ablation_bars(rows, title=f"Table V on the synthetic data ({len(seeds)} seed(s))"
+    ablation_bars(rows, title=f"Table V on the synthetic val split ({base}, {iters} iterations)"
                   ).savefig(paths["ablation.png"], dpi=dpi)
     (out / "figures.json").write_text(json.dumps(
         {"command": " ".join(["python -m viz.figures", *sys.argv[1:]]), "study": str(study),
