@@ -25,6 +25,10 @@ PRESET_DIR = Path(__file__).parent / "presets"
 #: (Table V). The studies and the benchmark build their rows from these.
 NO_FLOWS = ("model.flows.reg_to_cls=false", "model.flows.reg_to_stuff=false",
             "model.flows.reg_to_thing=false", "model.flows.stuff_to_thing=false")
+#: images are padded to a multiple of this: the stride of P5, the coarsest level that the stuff
+#: head (P3-P5 summed at 1/4 scale) and the thing head read; the anchors sit at each level's
+#: true stride (``model.detection``), so P6 and P7 need no padding of their own
+PAD_MULTIPLE = 32
 BACKBONES = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d")
 
 
@@ -89,7 +93,7 @@ class DataConfig:
     crop_size: Optional[List[int]] = None  # [height, width]
     flip: bool = True
     test_size: int = 800  # shorter edge at evaluation
-    size_divisibility: int = 128
+    size_divisibility: int = PAD_MULTIPLE  # images are padded to a multiple of this
     num_workers: int = 2
     on_error: str = "raise"  # or "skip" bad items with a warning
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -261,7 +265,9 @@ def _check(cfg: Config) -> Config:
                                    <= d.scale_range[1]), "data.scale_range", "must be [lo, hi]")
     need(d.crop_size is None or (len(d.crop_size) == 2 and min(d.crop_size) > 0),
          "data.crop_size", "must be [height, width]")
-    need(d.size_divisibility >= 1, "data.size_divisibility", "must be >= 1")
+    need(d.size_divisibility >= PAD_MULTIPLE and d.size_divisibility % PAD_MULTIPLE == 0,
+         "data.size_divisibility", f"must be a multiple of {PAD_MULTIPLE} (the stride of P5), "
+         f"got {d.size_divisibility}")
     need(d.test_size >= 1, "data.test_size", f"must be >= 1, got {d.test_size}")
     need(d.max_size is None or d.max_size >= 1, "data.max_size", "must be >= 1 (or null)")
     need(d.num_workers >= 0, "data.num_workers", "must be >= 0")

@@ -66,6 +66,8 @@ def test_yaml_file_with_base_preset(tmp_path):
     ("train.milestones=[0.5,1.5]", "train.milestones"),
     ("data.test_size=0", "data.test_size"),
     ("data.num_workers=-1", "data.num_workers"),
+    ("data.size_divisibility=48", "data.size_divisibility"),     # not a multiple of P5's stride
+    ("data.size_divisibility=0", "data.size_divisibility"),
     ("data.crop_size=[0,10]", "data.crop_size"),
     ("data.scale_range=[2.0,0.5]", "data.scale_range"),
     ("data.synthetic.size=8", "data.synthetic.size"),

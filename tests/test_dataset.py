@@ -162,18 +162,18 @@ def test_from_root_layouts(tmp_path):
         CocoPanopticDataset.from_root(tmp_path, "test")
 
 
-def test_collate_pads_to_multiple_of_128(tiny_dataset):
+def test_collate_pads_to_multiple_of_32(tiny_dataset):
     ds = CocoPanopticDataset(*tiny_dataset)
     images, targets = collate_panoptic([ds[0], ds[1]])
-    assert images.tensors.shape == (2, 3, 128, 128)
+    assert images.tensors.shape == (2, 3, 64, 64)
     assert images.image_sizes == [(40, 48), (40, 48)]
     t = targets[0]
-    assert t["sem_seg"].shape == (128, 128) and (t["sem_seg"][40:] == 255).all()
+    assert t["sem_seg"].shape == (64, 64) and (t["sem_seg"][40:] == 255).all()
     assert (t["sem_seg"][:, 48:] == 255).all() and (images.tensors[0, :, 40:] == 0).all()
-    assert t["masks"].shape == (3, 128, 128) and t["masks"][:, 40:].sum() == 0
+    assert t["masks"].shape == (3, 64, 64) and t["masks"][:, 40:].sum() == 0
     assert torch.equal(t["masks"][:, :40, :48], ds[0][1]["masks"])
-    images, _ = collate_panoptic([ds[0]], size_divisibility=32)
-    assert images.tensors.shape[-2:] == (64, 64)
+    images, targets = collate_panoptic([ds[0]], size_divisibility=128)  # runs of before
+    assert images.tensors.shape[-2:] == (128, 128) and targets[0]["sem_seg"].shape == (128, 128)
 
 
 # --- bad input -----------------------------------------------------------------------------

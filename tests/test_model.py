@@ -68,8 +68,8 @@ def test_shapes_per_level_and_head(preset, cats):
     images = [torch.rand(3, 128, 160), torch.rand(3, 100, 128)]
     with torch.no_grad():
         batch, feats, towers = model.features(images)
-        assert batch.tensors.shape == (2, 3, 128, 256)        # padded to a multiple of 128
-        assert [tuple(f.shape[-2:]) for f in feats] == [(16, 32), (8, 16), (4, 8), (2, 4), (1, 2)]
+        assert batch.tensors.shape == (2, 3, 128, 160)        # padded to a multiple of 32
+        assert [tuple(f.shape[-2:]) for f in feats] == [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)]
         assert all(f.shape[:2] == (2, C) and f.dtype == torch.float32 for f in feats)
         for name, levels in (("cls", 5), ("reg", 5), ("stuff", 3), ("thing", 3)):
             assert [tuple(t.shape) for t in towers[name]] == [tuple(f.shape) for f in feats[:levels]]
@@ -77,7 +77,7 @@ def test_shapes_per_level_and_head(preset, cats):
         reg = model.head.regression_head(towers["reg"])
         anchors = sum(9 * f.shape[-2] * f.shape[-1] for f in feats)
         assert cls.shape == (2, anchors, cats.num_things) and reg.shape == (2, anchors, 4)
-        assert model.stuff_head(towers["stuff"]).shape == (2, cats.num_sem_classes, 128, 256)
+        assert model.stuff_head(towers["stuff"]).shape == (2, cats.num_sem_classes, 128, 160)
         boxes = [torch.tensor([[10.0, 10, 60, 50], [0, 0, 128, 100]]), torch.zeros(0, 4)]
         assert model.thing_head(towers["thing"], boxes, batch.image_sizes).shape == (
             2, cats.num_things, 28, 28)

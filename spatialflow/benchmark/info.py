@@ -74,7 +74,7 @@ def describe_preset(name_or_path, image_size: int = 800, overrides: Sequence[str
             f"reference: {ref['part']} (weights=None, num_classes=91): "
             f"{ref['params'] / 1e6:.3f} M params ({ref['bn_params'] / 1e6:.3f} M of them "
             f"BatchNorm, frozen buffers with pretrained weights), {ref['gflops']:.2f} GFLOPs "
-            f"({ref['note']}; its images are padded to a multiple of 32, not 128)")
+            f"({ref['note']}; its images are padded to a multiple of 32, as ours)")
     return "\n".join(lines)
 
 

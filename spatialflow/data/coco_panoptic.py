@@ -33,6 +33,7 @@ from spatialflow.data.categories import IGNORE_INDEX, CategoryMap
 from spatialflow.data.panoptic_io import (attach_stats, exif_orientation, index_images,
                                           load_json, read_image, read_panoptic_png)
 from spatialflow.data.transforms import INSTANCE_FIELDS, boxes_from_masks, pad_to_divisible
+from spatialflow.config import PAD_MULTIPLE
 from spatialflow.errors import DatasetError
 
 
@@ -411,9 +412,10 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
         raise DatasetError(f"{root}: no panoptic JSON for split '{split}' (looked for {tried})")
 
 
-def batch_images(images: Sequence[torch.Tensor], size_divisibility: int = 128) -> ImageList:
+def batch_images(images: Sequence[torch.Tensor],
+                 size_divisibility: int = PAD_MULTIPLE) -> ImageList:
     """Zero-pad ``[3,H,W]`` images bottom/right to one size divisible by ``size_divisibility``
-    (128 = the stride of P7) and stack them as a torchvision ``ImageList`` whose
+    (32 = the stride of P5, :data:`spatialflow.config.PAD_MULTIPLE`) and stack them as a torchvision ``ImageList`` whose
     ``image_sizes`` are the unpadded sizes."""
     max_h = max(int(im.shape[-2]) for im in images)
     max_w = max(int(im.shape[-1]) for im in images)
@@ -438,7 +440,7 @@ def pad_target(target: dict, height: int, width: int) -> dict:
     return t
 
 
-def collate_panoptic(batch: Sequence, size_divisibility: int = 128):
+def collate_panoptic(batch: Sequence, size_divisibility: int = PAD_MULTIPLE):
     """Batch ``(image, target)`` pairs for the model: images as :func:`batch_images`, targets
     padded alike (:func:`pad_target`)."""
     images, targets = zip(*batch)

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import _utils as det_utils
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNet
 from torchvision.models.detection.roi_heads import (expand_boxes, expand_masks,
@@ -21,21 +20,16 @@ from torchvision.models.detection.roi_heads import (expand_boxes, expand_masks,
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import box_iou
 
-from spatialflow.config import Config, ModelConfig
+from spatialflow.config import PAD_MULTIPLE, Config, ModelConfig
 from spatialflow.data.categories import IGNORE_INDEX, CategoryMap
 from spatialflow.data.coco_panoptic import batch_images, pad_target
 from spatialflow.model.backbone import build_backbone
+from spatialflow.model.detection import anchor_generator
 from spatialflow.model.heads import StuffHead, ThingHead, detection_head
 from spatialflow.model.subnets import SubNetworks
 from spatialflow.panoptic import stuff_map
 
 ImageInput = Union[ImageList, torch.Tensor, Sequence[torch.Tensor]]
-
-
-def anchor_generator(sizes: Sequence[int]) -> AnchorGenerator:
-    """RetinaNet anchors: 3 octave scales x 3 aspect ratios per level, base ``sizes`` on P3-P7."""
-    scales = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in sizes)
-    return AnchorGenerator(scales, ((0.5, 1.0, 2.0),) * len(sizes))
 
 
 def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: Sequence[int],
@@ -79,7 +73,9 @@ class SpatialFlow(RetinaNet):
         num_things: thing classes (contiguous ids ``0..T-1``).
         num_sem_classes: stuff classes + 1 ('other').
         stuff_loss_weight: lambda of eq (6).
-        size_divisibility: images are padded to a multiple of this (128 = stride of P7).
+        size_divisibility: images are padded to a multiple of this: 32 (P5's stride; the
+            anchors sit at each level's true stride) or a multiple of it (runs trained before
+            the anchors did say 128 in their config).
     """
 
     def __init__(self, backbone: nn.Module, subnets: SubNetworks, num_things: int,
@@ -88,9 +84,12 @@ class SpatialFlow(RetinaNet):
                  stuff_head_channels: int = 128, mask_head_channels: Optional[int] = None,
                  score_thresh: float = 0.05, nms_thresh: float = 0.4,
                  detections_per_img: int = 100, topk_candidates: int = 1000,
-                 size_divisibility: int = 128,
+                 size_divisibility: int = PAD_MULTIPLE,
                  image_mean: Sequence[float] = (0.485, 0.456, 0.406),
                  image_std: Sequence[float] = (0.229, 0.224, 0.225)):
+        if size_divisibility <= 0 or size_divisibility % PAD_MULTIPLE:
+            raise ValueError(f"size_divisibility must be a multiple of {PAD_MULTIPLE} (the "
+                             f"stride of P5), got {size_divisibility}")
         channels = backbone.out_channels
         anchors = anchor_generator(anchor_sizes)
         head = detection_head(channels, anchors.num_anchors_per_location()[0], num_things,
@@ -241,23 +240,26 @@ class SpatialFlow(RetinaNet):
         return images.image_sizes, towers["thing"], detections, stuff_logits
 
 def build_model(config: Union[Config, ModelConfig],
-                categories: Union[CategoryMap, Sequence[dict]], infer=None) -> SpatialFlow:
+                categories: Union[CategoryMap, Sequence[dict]], infer=None,
+                data=None) -> SpatialFlow:
     """A :class:`SpatialFlow` for ``categories`` (a :class:`CategoryMap`, or the plain COCO
     category list of a panoptic JSON: ``[{"id", "name", "isthing"}, ...]``) from a
-    :class:`Config` (or its ``model`` part plus an optional ``infer`` part for the detection
-    thresholds)."""
+    :class:`Config` (or its ``model`` part plus optional ``infer`` and ``data`` parts: the
+    detection thresholds and ``data.size_divisibility``, the padding)."""
     if not isinstance(categories, CategoryMap):
         categories = CategoryMap.from_coco(list(categories), source="build_model(categories=...)")
     if isinstance(config, Config):
-        config, infer = config.model, config.infer
+        config, infer, data = config.model, config.infer, config.data
     m = config
     backbone = build_backbone(m.backbone, m.fpn_channels, m.backbone_norm, m.pretrained,
                               m.freeze_stem)
     subnets = SubNetworks(m.fpn_channels, m.flows, m.subnets, m.cls_stages, m.reg_stages,
                           m.stuff_stages, m.thing_stages, m.tower_norm, m.dcn, m.dcn_towers)
     kwargs = {}
+    if data is not None:
+        kwargs["size_divisibility"] = data.size_divisibility
     if infer is not None:
-        kwargs = dict(score_thresh=infer.score_thresh, nms_thresh=infer.nms_thresh,
+        kwargs.update(score_thresh=infer.score_thresh, nms_thresh=infer.nms_thresh,
                       detections_per_img=infer.detections_per_img)
     return SpatialFlow(backbone, subnets, categories.num_things, categories.num_sem_classes,
                        anchor_sizes=m.anchor_sizes, box_loss=m.box_loss,

@@ -20,8 +20,9 @@ The thing head runs on every detection, so its cost depends on how many boxes su
 post-processing. With random weights that number is arbitrary; the summary therefore sets
 ``score_thresh = 0`` for the pass, which gives the full ``detections_per_img`` (100) boxes, the
 worst case and what the paper's inference sends to the thing head ("top-100 scoring boxes").
-Images are padded to a multiple of ``model.size_divisibility`` (128) before the backbone, so an
-800 x 800 image is processed as 896 x 896.
+Images are padded to a multiple of ``model.size_divisibility`` before the backbone: 32 (the
+anchors sit at each level's true stride), so an 800 x 1067 image is processed as 800 x 1088;
+runs trained before that say 128 in their config (896 x 1152).
 """
 
 from __future__ import annotations
