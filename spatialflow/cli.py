@@ -104,6 +104,21 @@ def cmd_bench(args) -> int:
         result["inference"] = inference.run_inference_bench(
             args.sizes, args.repeat, args.threads, args.device, args.models, args.preset)
         show("Inference", inference.format_inference(result["inference"]))
+    if args.options:
+        from spatialflow.benchmark.options import bench_options, format_options
+
+        size = max(args.sizes)
+        result["options"] = bench_options(size, args.repeat, args.device, args.compile,
+                                          args.preset)
+        show(f"Inference options ({size} px)", format_options(result["options"]))
+    if args.eval_run:
+        print(f"evaluation: {args.eval_run} on {args.eval_images} synthetic val images",
+              flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
+            result["evaluation"] = quality.evaluation_speed(args.eval_run, tmp, args.eval_images)
+        result["evaluation"]["run"] = str(args.eval_run)
+        show("Evaluation (panopticapi PQ + pycocotools box AP)",
+             quality.format_evaluation(result["evaluation"]))
     if args.training != "none":
         result["conv_rates"], rows = {}, []  # per precision, as the training steps use them
         for label, preset, overrides, size, batch in training.TRAINING:
@@ -418,6 +433,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "evaluate on the same images; PQ >= 90 expected")
     q.add_argument("--memorise-minutes", type=float, default=5.0,
                    help="training minutes of the memorisation check (default 5)")
+    q.add_argument("--options", action="store_true",
+                   help="also time SpatialFlow R50's inference options one at a time at the "
+                        "largest size (channels_last, one thread, masks for the 10 best "
+                        "detections)")
+    q.add_argument("--compile", action="store_true",
+                   help="with --options: also torch.compile (minutes of compiling)")
+    q.add_argument("--eval-run", default=None, metavar="RUN",
+                   help="time the evaluation of this trained tiny-cpu run on --eval-images "
+                        "fresh synthetic val images (no training)")
     q.add_argument("--no-inference", action="store_true", help="skip the inference tables")
     q.add_argument("--out", default="benchmarks/results",
                    help="folder of bench.json and bench.md (default benchmarks/results)")

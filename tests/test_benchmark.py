@@ -128,6 +128,13 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, capsys):
     assert (out / "bench.md").read_text().startswith("`spatialflow bench")
     assert main(["bench", "--sizes", "64", "--models", "nope", "--out", str(out)]) == 2
     assert "unknown models ['nope']" in capsys.readouterr().err
+    # the inference options alone, at the largest size
+    assert main(["bench", "--sizes", "48", "64", "--repeat", "1", "--preset", "tiny-cpu",
+                 "--no-inference", "--options", "--training", "none", "--minutes",
+                 "--out", str(out)]) == 0
+    assert "## Inference options (64 px)" in capsys.readouterr().out
+    result = json.loads((out / "bench.json").read_text())
+    assert set(result) == {"command", "options"} and result["options"]["size"] == [64, 85]
 
 
 def test_training_and_quality_tables():
@@ -167,7 +174,7 @@ def test_training_peak_memory_is_the_child_s_own():
 
 def test_training_throughput_in_a_fresh_process():
     row = training_throughput("tiny-cpu", ["model.fpn_channels=16"], size=64, batch=2, steps=2)
-    assert row["batch"] == 2 and row["size"] == [128, 128]  # padded to a multiple of 128
+    assert row["batch"] == 2 and row["size"] == [64, 64]  # 64 px, a multiple of 32: no padding
     assert row["images_per_s"] > 0 and row["step_s"] > 0
     assert 100 < row["peak_rss_mb"] < 8000 and row["peak_gpu_mb"] is None
     assert row["precision"] in ("float32", "bfloat16")  # tiny-cpu: bf16 where the CPU has it
@@ -207,6 +214,15 @@ def test_quality_per_minute_trains_one_run_per_mark_and_seed(tmp_path):
     assert row["images_per_s"] == pytest.approx(6 / row["seconds"]) and 0 <= row["pq"] <= 100
     assert len(list((tmp_path / "speed" / "eval" / "panoptic_pred").glob("*.png"))) == 6
     assert "| 6 | 128 |" in format_evaluation(row)
+    # the same from the command line, for a run given
+    from spatialflow.cli import main
+
+    assert main(["bench", "--no-inference", "--training", "none", "--minutes", "--eval-run",
+                 str(tmp_path / "min0.05" / "seed0"), "--eval-images", "3",
+                 "--out", str(tmp_path / "b")]) == 0
+    import json
+    ev = json.loads((tmp_path / "b" / "bench.json").read_text())["evaluation"]
+    assert ev["images"] == 3 and ev["run"].endswith("seed0")
 
 
 def test_the_benchmarked_models_are_table_v_rows():
@@ -220,3 +236,33 @@ def test_the_benchmarked_models_are_table_v_rows():
                                                        "+ sub-networks"),
                       ("naive baseline R50", "baseline")):
         assert load_config("r50-coco", ours[name]) == load_config("r50-coco", rows[row]), name
+
+
+def test_inference_options_on_a_tiny_model():
+    from spatialflow.benchmark.options import DEFAULT, bench_options, format_options
+
+    result = bench_options(64, repeat=1, preset="tiny-cpu", progress=None)
+    rows = {r["option"]: r for r in result["rows"]}
+    expected = [DEFAULT, "channels_last"] + (["1 thread"] if torch.get_num_threads() > 1
+                                             else []) + ["masks for the 10 best detections"]
+    assert list(rows) == expected and result["size"] == [64, 85]
+    base = rows[DEFAULT]
+    assert base["speedup"] == 1.0 and base["same"] is None and base["detections"] == 100
+    for r in rows.values():
+        assert r["seconds"] > 0 and r["speedup"] == pytest.approx(base["seconds"] / r["seconds"])
+        assert set(r["split"]) == set(base["split"])
+    assert rows["channels_last"]["same"] is True           # another layout, the same outputs
+    assert torch.get_num_threads() == result["machine"]["threads"]  # threads set back
+    text = format_options(result)
+    assert "| channels_last |" in text and "same outputs" in text
+
+
+def test_same_outputs():
+    from spatialflow.benchmark.options import same_outputs
+
+    a = {"boxes": torch.tensor([[0.0, 0, 10, 10]]), "scores": torch.tensor([0.5]),
+         "labels": torch.tensor([1]), "sem_seg": torch.zeros(4, 4, dtype=torch.int64)}
+    assert same_outputs(a, dict(a, boxes=a["boxes"] + 1e-4))
+    assert not same_outputs(a, dict(a, boxes=a["boxes"] + 1))
+    assert not same_outputs(a, dict(a, labels=torch.tensor([2])))
+    assert not same_outputs(a, dict(a, sem_seg=torch.ones(4, 4, dtype=torch.int64)))

@@ -106,3 +106,55 @@ def test_train_or_resume(run, data_root, tmp_path):
     train_or_resume(None, other, progress=False, evaluate_at_end=False)   # resumed to the end
     assert load_checkpoint(other / FINAL)["iteration"] == 3
     assert load_checkpoint(other / CHECKPOINT)["iteration"] == 3
+
+
+class _Items:
+    """A stand-in for a data set of images of several sizes (``predict_dataset`` only loads):
+    item ``i`` is the ``i``-th array, or a ``DatasetError`` where the array is ``None``."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def load(self, idx):
+        if self.images[idx] is None:
+            raise spatialflow.errors.DatasetError(f"item {idx}: unreadable")
+        return self.images[idx], None, {"image_id": idx}
+
+
+def test_predict_dataset_batches_images_of_one_padded_size(run):
+    """Consecutive images that the model runs at one padded size share a forward pass (up to
+    ``batch_size``); each gets the output it gets alone, in order; unreadable items are passed
+    to ``on_error`` and the others go on."""
+    predictor = Predictor.from_run(run, score_thresh=0.0, stuff_area=0)
+    g = np.random.default_rng(0)
+    shapes = [(128, 128), (128, 128), (100, 150), None, (128, 128), (120, 128), (128, 128)]
+    images = [None if s is None else g.integers(0, 255, s + (3,), dtype=np.uint8)
+              for s in shapes]
+    # the run tests at 128 px with the longer edge capped at 128
+    assert predictor.padded_size(100, 150) == (96, 128)        # resized to 85 x 128: alone
+    assert predictor.padded_size(120, 128) == (128, 128)       # as it is: with the 128 x 128
+    batches, raw_batch = [], predictor.raw_batch
+
+    def spy(ims, mask_conf=None):
+        batches.append([im.shape[:2] for im in ims])
+        return raw_batch(ims, mask_conf)
+
+    predictor.raw_batch = spy
+    errors = []
+    got = list(predictor.predict_dataset(_Items(images), progress=False, batch_size=3,
+                                         on_error=lambda i, e: errors.append((i, str(e)))))
+    assert [idx for idx, *_ in got] == [0, 1, 2, 4, 5, 6]
+    assert errors == [(3, "item 3: unreadable")]
+    assert [len(b) for b in batches] == [2, 1, 3]
+    for idx, rec, out, pan, segments in got:
+        alone = predictor(images[idx], raw=True)
+        assert rec == {"image_id": idx} and pan.shape == shapes[idx]
+        for key in ("boxes", "scores", "masks"):
+            assert torch.allclose(out[key], alone["raw"][key], atol=1e-4), (idx, key)
+        assert torch.equal(out["labels"], alone["raw"]["labels"])
+        assert (pan == alone["panoptic"]).mean() > 0.999
+    with pytest.raises(spatialflow.errors.DatasetError, match="item 3"):
+        list(predictor.predict_dataset(_Items(images), progress=False))

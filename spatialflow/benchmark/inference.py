@@ -48,14 +48,26 @@ SIZES = (400, 600, 800)
 def bench_spatialflow(name: str, overrides: Sequence[str], image: torch.Tensor,
                       repeat: int, device: str, preset: str = "r50-coco") -> dict:
     """One row: median seconds of ``predict`` (network + pasting + merge) of one image, its
-    split into :data:`STAGES` and post-processing (the rest), FLOPs and detections."""
+    split into :data:`STAGES` and post-processing (the rest), FLOPs and detections. The model
+    (:func:`~spatialflow.benchmark.models.build_spatialflow`) sends every one of its 100
+    detections through the thing head, the pasting and the merge: the worst case."""
     model, cfg, categories = build_spatialflow(overrides, preset)
-    model.to(device)
+    return spatialflow_row(name, model.to(device), cfg, categories, image, repeat, device)
+
+
+def spatialflow_row(name: str, model: nn.Module, cfg, categories, image: torch.Tensor,
+                    repeat: int, device: str, mask_conf: Optional[float] = None) -> dict:
+    """:func:`bench_spatialflow`'s row of a model already built: it runs as the
+    :class:`~spatialflow.engine.runs.Predictor` does (masks only for the detections scoring
+    at least ``mask_conf``, default the config's), then the merge."""
     x = image.to(device)
     thresholds = merge_kwargs(cfg.infer)
+    if mask_conf is not None:
+        thresholds["mask_conf"] = mask_conf
+    conf = thresholds["mask_conf"]
 
     def run():
-        out = model([x])[0]
+        out = model([x], mask_score_thresh=conf)[0]
         return merge_outputs({k: v.cpu() for k, v in out.items()}, categories, **thresholds)
 
     return _measure(name, model, x, run, STAGES, "post-processing", repeat, device)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from spatialflow.config import InferConfig
 from spatialflow.data.panoptic_io import IMAGE_EXTENSIONS, read_image, write_panoptic_png
-from spatialflow.data.transforms import shortest_edge_size
+from spatialflow.data.transforms import pad_to_divisible, shortest_edge_size
 from spatialflow.errors import DatasetError, InputError
 from spatialflow.model.spatialflow import paste_masks
 from spatialflow.panoptic import stuff_map
@@ -106,7 +106,6 @@ def predict_tta(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
     return {k: v.cpu() for k, v in out.items()}
 
 
-@torch.inference_mode()
 def predict_raw(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
                 test_size: int = 800, max_size: Optional[int] = 1333,
                 device: str = "cpu", mask_conf: Optional[float] = None) -> dict:
@@ -115,13 +114,33 @@ def predict_raw(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
     ``infer.tta_scales`` or ``infer.tta_flip`` set, :func:`predict_tta`'s. Masks are those of
     every detection, or with ``mask_conf`` of the detections scoring at least that (the first
     ones; a merge with that ``mask_conf`` or higher uses no other)."""
+    return predict_raw_batch(model, [image], infer, test_size, max_size, device, mask_conf)[0]
+
+
+@torch.inference_mode()
+def predict_raw_batch(model, images: Sequence[torch.Tensor], infer: InferConfig = InferConfig(),
+                      test_size: int = 800, max_size: Optional[int] = 1333,
+                      device: str = "cpu", mask_conf: Optional[float] = None) -> List[dict]:
+    """:func:`predict_raw` of several images in one forward pass (with test-time augmentation,
+    one image after the other). The model pads the batch to its largest image, and a padded
+    pixel changes what GroupNorm sees: pass images of one :func:`padded_size` (as
+    :meth:`~spatialflow.engine.runs.Predictor.predict_dataset` groups them) for the outputs
+    each would have alone."""
     model.eval()
     if infer.tta_scales or infer.tta_flip:
-        return predict_tta(model, image, infer, test_size, max_size, device, mask_conf)
-    h, w = image.shape[-2:]
-    x = prepare_image(image, test_size, max_size).to(device)
-    out = model([x], output_sizes=[(h, w)], mask_score_thresh=mask_conf or 0.0)[0]
-    return {k: v.cpu() for k, v in out.items()}
+        return [predict_tta(model, im, infer, test_size, max_size, device, mask_conf)
+                for im in images]
+    sizes = [tuple(int(v) for v in im.shape[-2:]) for im in images]
+    xs = [prepare_image(im, test_size, max_size).to(device) for im in images]
+    outs = model(xs, output_sizes=sizes, mask_score_thresh=mask_conf or 0.0)
+    return [{k: v.cpu() for k, v in out.items()} for out in outs]
+
+
+def padded_size(height: int, width: int, test_size: int, max_size: Optional[int],
+                divisor: int) -> Tuple[int, int]:
+    """The size the model runs an ``height x width`` image at: resized to ``test_size``
+    (:func:`prepare_image`), then padded to a multiple of ``divisor``."""
+    return pad_to_divisible(*shortest_edge_size(height, width, test_size, max_size), divisor)
 
 
 def list_images(inputs) -> list:

@@ -9,11 +9,13 @@ names that process. Any run can be resumed or re-evaluated from its folder alone
 
 from __future__ import annotations
 
+import collections
 import copy
 import json
 import os
 import socket
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Union
@@ -27,8 +29,8 @@ from spatialflow.config import (Config, InferConfig, apply_overrides, config_fro
 from spatialflow.data.categories import CategoryMap
 from spatialflow.data.coco_panoptic import CocoPanopticDataset
 from spatialflow.data.panoptic_io import read_image
-from spatialflow.engine.predict import (merge_kwargs, predict_raw, to_tensor,
-                                        write_predictions)
+from spatialflow.engine.predict import (merge_kwargs, padded_size, predict_raw_batch,
+                                        to_tensor, write_predictions)
 from spatialflow.errors import DatasetError, InputError
 from spatialflow.evaluation import PanopticEvaluator
 from spatialflow.model import build_model
@@ -44,6 +46,9 @@ LOCK = "train.lock"
 FINAL_EVAL = Path("eval") / "final"
 #: what may change once a model is trained: the inference settings and the test resolution
 INFERENCE_KEYS = ("infer.", "data.test_size", "data.max_size")
+#: :meth:`Predictor.predict_dataset` puts at most this many padded pixels in one forward pass
+#: (64 images of 128 x 128; one 800 x 1088 image)
+BATCH_PIXELS = 1 << 20
 
 
 # --- one writer -----------------------------------------------------------------------------
@@ -302,13 +307,27 @@ class Predictor:
         """The model's raw output at the image's size (:func:`~spatialflow.engine.predict.
         predict_raw`): masks of every detection, or with ``mask_conf`` of those scoring at
         least that."""
-        return predict_raw(self.model, _as_tensor(image), self.infer, self.test_size,
-                           self.max_size, self.device, mask_conf)
+        return self.raw_batch([image], mask_conf)[0]
+
+    def raw_batch(self, images: Sequence[ImageLike], mask_conf: Optional[float] = None
+                  ) -> List[dict]:
+        """:meth:`raw` of several images in one forward pass (:func:`~spatialflow.engine.
+        predict.predict_raw_batch`: give it images of one :meth:`padded_size`)."""
+        return predict_raw_batch(self.model, [_as_tensor(im) for im in images], self.infer,
+                                 self.test_size, self.max_size, self.device, mask_conf)
+
+    def padded_size(self, height: int, width: int) -> tuple:
+        """The ``(H, W)`` the model runs an ``height x width`` image at (resized to the test
+        size, then padded to the model's ``size_divisibility``)."""
+        divisor = getattr(unwrap(self.model), "size_divisibility", 1)
+        return padded_size(height, width, self.test_size, self.max_size, divisor)
 
     def __call__(self, image: ImageLike, raw: bool = False) -> dict:
         """The panoptic result of one image (see the class); ``raw``: add the model's output
         (masks of the detections the merge can use: score >= ``infer.mask_conf``)."""
-        out = self.raw(image, self.infer.mask_conf)
+        return self._merged(self.raw(image, self.infer.mask_conf), raw)
+
+    def _merged(self, out: dict, raw: bool = True) -> dict:
         pan, segments = merge_outputs(out, self.categories, **merge_kwargs(self.infer))
         result = {"panoptic": pan, "segments_info": segments}
         if raw:
@@ -317,11 +336,16 @@ class Predictor:
 
     def predict_dataset(self, dataset, indices=None, progress: bool = True,
                         on_error: Optional[Callable[[int, Exception], None]] = None,
-                        check: Optional[Callable[[np.ndarray, dict], None]] = None
-                        ) -> Iterator[tuple]:
+                        check: Optional[Callable[[np.ndarray, dict], None]] = None,
+                        batch_size: int = 8) -> Iterator[tuple]:
         """Yield ``(index, record, raw output, panoptic id map, segments_info)`` for the items
         of a :class:`~spatialflow.data.CocoPanopticDataset` (read without its transforms), at
-        their original size.
+        their original size, in the order of ``indices``.
+
+        Consecutive items of one :meth:`padded_size` go through the model together, up to
+        ``batch_size`` of them and :data:`BATCH_PIXELS` padded pixels (each gets the output it
+        would get alone). The next items are read, and the last batch merged, while the model
+        runs (one thread each).
 
         Args:
             on_error: called as ``on_error(index, error)`` for an item whose image or panoptic
@@ -332,18 +356,50 @@ class Predictor:
                 predicted; raise ``DatasetError`` to refuse the item.
         """
         indices = range(len(dataset)) if indices is None else list(indices)
-        for idx in tqdm(indices, desc="predict", unit="img", disable=not progress):
+
+        def load(idx):
             try:
                 image, gt_pan, rec = dataset.load(idx)
                 if check is not None:
                     check(gt_pan, rec)
+                return idx, image, rec, None
             except DatasetError as e:
+                return idx, None, None, e
+
+        bar = tqdm(total=len(indices), desc="predict", unit="img", disable=not progress)
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as merger:
+            items = _read_ahead(reader, load, indices, 2 * batch_size)
+            previous = []
+            for batch in self._batches(items, batch_size, on_error, bar):
+                outs = self.raw_batch([image for _, image, _ in batch], self.infer.mask_conf)
+                # this batch is merged while the previous one is handed out (and, by an
+                # evaluation, written) and the next one goes through the model
+                merged = [merger.submit(self._merged, out) for out in outs]
+                yield from _finished(previous, bar)
+                previous = [(idx, rec, future) for (idx, _, rec), future in zip(batch, merged)]
+            yield from _finished(previous, bar)
+        bar.close()
+
+    def _batches(self, items, batch_size: int, on_error, bar):
+        """Consecutive readable items of one :meth:`padded_size`, ``batch_size`` and
+        :data:`BATCH_PIXELS` at most; items that failed to read go to ``on_error`` (or raise)."""
+        batch, key = [], None
+        for idx, image, rec, error in items:
+            if error is not None:
                 if on_error is None:
-                    raise
-                on_error(idx, e)
+                    raise error
+                on_error(idx, error)
+                bar.update()
                 continue
-            result = self(image, raw=True)
-            yield idx, rec, result["raw"], result["panoptic"], result["segments_info"]
+            size = self.padded_size(*image.shape[:2])
+            if batch and (size != key or len(batch) >= batch_size
+                          or (len(batch) + 1) * size[0] * size[1] > BATCH_PIXELS):
+                yield batch
+                batch = []
+            batch.append((idx, image, rec))
+            key = size
+        if batch:
+            yield batch
 
     def evaluate(self, dataset, out_dir, max_images: Optional[int] = None,
                  instances_json=None, progress: bool = True,
@@ -376,6 +432,27 @@ class Predictor:
         panoptic) and ``out_dir/overlays/*.png`` (:func:`~spatialflow.engine.predict.
         write_predictions`); returns ``(number written, [(file, reason), ...])``."""
         return write_predictions(self, files, out_dir, progress)
+
+
+def _read_ahead(pool, fn, items, ahead: int):
+    """``fn(item)`` for each of ``items``, in order, computed in ``pool`` up to ``ahead`` items
+    before they are asked for."""
+    pending = collections.deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) > ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _finished(merged, bar):
+    """``(index, record, raw output, panoptic id map, segments_info)`` of each ``(index,
+    record, future of Predictor._merged)``, in order, as each merge finishes."""
+    for idx, rec, future in merged:
+        result = future.result()
+        bar.update()
+        yield idx, rec, result["raw"], result["panoptic"], result["segments_info"]
 
 
 def _override_value(value) -> str:
