@@ -133,6 +133,9 @@ def predict_raw_batch(model, images: Sequence[torch.Tensor], infer: InferConfig 
     sizes = [tuple(int(v) for v in im.shape[-2:]) for im in images]
     xs = [prepare_image(im, test_size, max_size).to(device) for im in images]
     outs = model(xs, output_sizes=sizes, mask_score_thresh=mask_conf or 0.0)
+    if len(outs) != len(xs):
+        raise ValueError(f"the model returned {len(outs)} outputs for {len(xs)} images; it "
+                         "must return one per image")
     return [{k: v.cpu() for k, v in out.items()} for out in outs]
 
 
