@@ -2,11 +2,13 @@
 
     python benchmarks/bench_postprocess.py [--size 800] [--detections 100] [--repeat 5]
 
-- mask pasting: ``spatialflow.model.spatialflow.paste_masks`` vs torchvision's
+- mask pasting: ``spatialflow.model.spatialflow.paste_masks`` (dense) and ``paste_mask_crops``
+  (a ``BoxMasks``: each mask inside its box, what the ``Predictor`` merges) vs torchvision's
   ``paste_masks_in_image`` (the same values are checked);
 - the stuff map: ``spatialflow.panoptic.stuff_map`` of the stuff logits vs the softmax over the
   classes followed by ``argmax`` (what the model output before);
-- the panoptic merge with every detection above ``mask_conf``.
+- the panoptic merge with every detection above ``mask_conf``, of the dense masks and of the
+  ``BoxMasks`` (the same result is checked).
 
 Random 28x28 masks in random in-image boxes and random logits of COCO's 54 stuff classes at a
 4:3 image whose shorter edge is ``--size``. Prints a markdown table and one JSON line.
@@ -27,7 +29,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image  # noqa:
 
 from spatialflow.benchmark.timing import image_shape, median_time  # noqa: E402
 from spatialflow.data.categories import CategoryMap  # noqa: E402
-from spatialflow.model.spatialflow import paste_masks  # noqa: E402
+from spatialflow.model.spatialflow import paste_mask_crops, paste_masks  # noqa: E402
 from spatialflow.panoptic import merge, stuff_map  # noqa: E402
 
 
@@ -54,17 +56,26 @@ def main(argv=None) -> int:
     masks = paste_masks(probs, boxes, (h, w))
     if not torch.equal(masks, paste_masks_in_image(probs, boxes, (h, w), padding=1)):
         raise SystemExit("paste_masks differs from torchvision's paste_masks_in_image")
+    crops = paste_mask_crops(probs, boxes, (h, w))
     sem = stuff_map(logits)
     scores = torch.linspace(1.0, 0.5, k)
     labels = torch.randint(0, 80, (k,), generator=g)
+    dense_pan, dense_segments = merge(boxes, scores, labels, masks, sem, coco_like)
+    crops_pan, crops_segments = merge(boxes, scores, labels, crops, sem, coco_like)
+    if not ((dense_pan == crops_pan).all() and dense_segments == crops_segments):
+        raise SystemExit("the merge of the BoxMasks differs from the merge of the dense masks")
     rows = [
         ("paste masks: torchvision paste_masks_in_image",
          lambda: paste_masks_in_image(probs, boxes, (h, w), padding=1)),
         ("paste masks: spatialflow paste_masks", lambda: paste_masks(probs, boxes, (h, w))),
+        ("paste masks: spatialflow paste_mask_crops (BoxMasks)",
+         lambda: paste_mask_crops(probs, boxes, (h, w))),
         ("stuff map: softmax + argmax", lambda: logits.softmax(0).argmax(0)),
         ("stuff map: spatialflow stuff_map", lambda: stuff_map(logits)),
-        (f"merge, {k} detections above mask_conf",
+        (f"merge, {k} detections above mask_conf, dense masks",
          lambda: merge(boxes, scores, labels, masks, sem, coco_like)),
+        (f"merge, {k} detections above mask_conf, BoxMasks",
+         lambda: merge(boxes, scores, labels, crops, sem, coco_like)),
     ]
     result = {"size": [h, w], "detections": k, "threads": torch.get_num_threads(),
               "seconds": {}}

@@ -18,7 +18,8 @@ overlap 0.25 and stuff area 2048 (see the presets).
 
 from __future__ import annotations
 
-from typing import List, Mapping, Tuple
+from dataclasses import dataclass
+from typing import List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,8 +28,75 @@ from spatialflow.data.categories import CategoryMap
 from spatialflow.data.panoptic_io import attach_stats
 
 
+@dataclass(frozen=True)
+class BoxMasks:
+    """Instance mask probabilities of one image kept inside their boxes: mask ``i`` is
+    ``crops[i]`` (``float[h, w]``) with its top-left pixel at row, column ``origins[i]`` of an
+    image of ``size = (H, W)``, and 0 elsewhere.
+
+    What the thing head's 28x28 masks pasted into their boxes are
+    (:func:`~spatialflow.model.spatialflow.paste_mask_crops`) without the ``M x H x W`` zeros
+    of the dense form: :func:`merge` then reads each mask's box only. :meth:`dense` gives the
+    ``float[M,1,H,W]`` tensor.
+
+    Raises:
+        ValueError: ``crops`` and ``origins`` of different lengths, a crop that is not 2-D, or
+            one reaching outside the image (the message names it).
+    """
+    crops: Tuple[torch.Tensor, ...]
+    origins: Tuple[Tuple[int, int], ...]
+    size: Tuple[int, int]
+
+    def __post_init__(self):
+        h, w = (int(v) for v in self.size)
+        object.__setattr__(self, "size", (h, w))
+        object.__setattr__(self, "crops", tuple(self.crops))
+        object.__setattr__(self, "origins", tuple((int(y), int(x)) for y, x in self.origins))
+        if len(self.crops) != len(self.origins):
+            raise ValueError(f"BoxMasks: {len(self.crops)} crops for {len(self.origins)} "
+                             f"origins")
+        for i, (crop, (y, x)) in enumerate(zip(self.crops, self.origins)):
+            if crop.dim() != 2:
+                raise ValueError(f"BoxMasks: crop {i} must be [h,w], got shape "
+                                 f"{list(crop.shape)}")
+            if y < 0 or x < 0 or y + crop.shape[0] > h or x + crop.shape[1] > w:
+                raise ValueError(f"BoxMasks: crop {i} ({crop.shape[0]}x{crop.shape[1]} at row "
+                                 f"{y}, column {x}) reaches outside the {h}x{w} image")
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    @property
+    def shape(self) -> torch.Size:
+        """``(M, 1, H, W)``, the shape of :meth:`dense`."""
+        return torch.Size((len(self), 1, *self.size))
+
+    def dense(self) -> torch.Tensor:
+        """``float[M,1,H,W]``: each crop written into a zero image."""
+        dtype = self.crops[0].dtype if self.crops else torch.float32
+        device = self.crops[0].device if self.crops else None
+        out = torch.zeros(self.shape, dtype=dtype, device=device)
+        for i, (crop, (y, x)) in enumerate(zip(self.crops, self.origins)):
+            out[i, 0, y:y + crop.shape[0], x:x + crop.shape[1]] = crop
+        return out
+
+    def cpu(self) -> "BoxMasks":
+        return BoxMasks(tuple(c.cpu() for c in self.crops), self.origins, self.size)
+
+
+Masks = Union[torch.Tensor, BoxMasks]
+
+
+def _mask_regions(masks: Masks) -> Sequence[Tuple[torch.Tensor, int, int]]:
+    """``(values, row, column)`` of each mask: a :class:`BoxMasks` crop and its origin, or a
+    dense mask from ``(0, 0)``."""
+    if isinstance(masks, BoxMasks):
+        return [(c, y, x) for c, (y, x) in zip(masks.crops, masks.origins)]
+    return [(m, 0, 0) for m in masks]
+
+
 def _as_tensor(x, name: str = "input") -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
+    if isinstance(x, (torch.Tensor, BoxMasks)):
         return x
     try:
         t = torch.as_tensor(np.asarray(x))
@@ -87,17 +155,19 @@ def _check_inputs(boxes, scores, labels, masks, sem, categories: CategoryMap,
                 f"labels: thing label {bad} is outside 0..{categories.num_things - 1}: the data "
                 f"set has {categories.num_things} thing classes (was the model trained on "
                 f"other categories?)")
-    if masks.numel() == 0 and masks.dim() < 3:
+    if isinstance(masks, BoxMasks):
+        pass
+    elif masks.numel() == 0 and masks.dim() < 3:
         masks = masks.reshape(0, 0, 0)
-    if masks.dim() == 4:
+    elif masks.dim() == 4:
         if masks.shape[1] != 1:
             raise ValueError(f"masks must be [M,H,W] or [M,1,H,W], got shape "
                              f"{list(masks.shape)}")
         masks = masks[:, 0]
-    if masks.dim() != 3:
+    if not isinstance(masks, BoxMasks) and masks.dim() != 3:
         raise ValueError(f"masks must be [M,H,W] or [M,1,H,W], got shape {list(masks.shape)}")
-    if masks.shape[0] > k:
-        raise ValueError(f"masks: {masks.shape[0]} masks for {k} detections (at most one mask "
+    if len(masks) > k:
+        raise ValueError(f"masks: {len(masks)} masks for {k} detections (at most one mask "
                          f"per box)")
     if sem.dim() not in (2, 3):
         raise ValueError(f"sem must be a [H,W] stuff map or [S+1,H,W] stuff scores, got shape "
@@ -108,7 +178,7 @@ def _check_inputs(boxes, scores, labels, masks, sem, categories: CategoryMap,
                          f"{categories.num_sem_classes}")
     if sem.dtype == torch.bool or sem.is_complex():
         raise ValueError(f"sem: expected real numbers, got dtype {sem.dtype}")
-    if masks.shape[0] and tuple(masks.shape[-2:]) != tuple(sem.shape[-2:]):
+    if len(masks) and tuple(masks.shape[-2:]) != tuple(sem.shape[-2:]):
         raise ValueError(f"masks are {tuple(masks.shape[-2:])}, the stuff map is "
                          f"{tuple(sem.shape[-2:])}: masks and sem must have the same H,W")
     if sem.dim() == 2 and sem.numel():
@@ -144,7 +214,8 @@ def merge(boxes, scores, labels, masks, sem, categories: CategoryMap, *,
         boxes: ``[K,4]`` xyxy detections (pixels of this image), ``scores`` ``[K]``, ``labels``
             ``[K]`` contiguous thing ids.
         masks: ``[M,1,H,W]`` or ``[M,H,W]`` mask probabilities pasted at the image size, of
-            the first ``M <= K`` detections (at least all those scoring ``mask_conf`` or more).
+            the first ``M <= K`` detections (at least all those scoring ``mask_conf`` or more),
+            or the same as a :class:`BoxMasks` (each read inside its box only: faster).
         sem: an ``[H,W]`` map of ``sem_seg`` values (stuff index, ``S`` = 'other'), as the
             model outputs it, or ``[S+1,H,W]`` stuff probabilities (or logits).
         categories: the data set's :class:`CategoryMap`.
@@ -200,15 +271,22 @@ def merge(boxes, scores, labels, masks, sem, categories: CategoryMap, *,
         raise ValueError(f"detection {missing[0]} (score {float(scores[missing[0]]):.3f} >= "
                          f"mask_conf {mask_conf}) has no mask: masks are given for the first "
                          f"{len(masks)} of {len(scores)} detections")
+    if isinstance(masks, BoxMasks) and mask_threshold <= 0:  # every pixel is in every mask
+        masks = masks.dense()[:, 0]
     instance_of = {}
+    regions = _mask_regions(masks)
     for k in order:  # 1. instances in score order, skipping heavily overlapped ones
-        m = masks[k] >= mask_threshold
+        values, top, left = regions[k]
+        if values.numel() == 0:  # a box outside the image
+            continue
+        m = values >= mask_threshold
         as_bytes = m.view(torch.uint8)  # amax of bytes: ~7x faster than any() here
         rows, cols = as_bytes.amax(1).nonzero(), as_bytes.amax(0).nonzero()
         if len(rows) == 0:
             continue
-        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        m = m[y0:y1, x0:x1]
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        m = m[r0:r1, c0:c1]
+        y0, y1, x0, x1 = top + r0, top + r1, left + c0, left + c1
         area = int(m.sum())
         taken = pan[y0:y1, x0:x1] != 0
         if int((m & taken).sum()) > overlap * area:
@@ -221,13 +299,12 @@ def merge(boxes, scores, labels, masks, sem, categories: CategoryMap, *,
         instance_of[k] = sid
 
     free = pan == 0  # 2. stuff on what is left; 'other' and small regions are dropped
-    for c in torch.unique(sem_map[free]).tolist():
-        if not 0 <= c < categories.num_stuff:
+    # free pixels per class, counted (bincount: ~3x faster than sorting them with unique)
+    areas = torch.bincount(sem_map[free], minlength=categories.num_stuff)
+    for c in range(categories.num_stuff):
+        if int(areas[c]) == 0 or int(areas[c]) < stuff_area:
             continue
-        region = free & (sem_map == c)
-        if int(region.sum()) < stuff_area:
-            continue
-        pan[region] = new_segment(categories.stuff_id(c))
+        pan[free & (sem_map == c)] = new_segment(categories.stuff_id(c))
 
     if box_fill_enabled:  # 3. fill free pixels inside the detected boxes
         # clamped first: a far-away coordinate (1e30) would overflow the conversion to long

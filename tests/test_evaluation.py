@@ -28,7 +28,7 @@ class Oracle(torch.nn.Module):
         self.items = iter(range(len(dataset)))
         self.dataset, self.drop_things, self.shift = dataset, drop_things, shift
 
-    def forward(self, images, output_sizes=None, mask_score_thresh=0.0):
+    def forward(self, images, output_sizes=None, mask_score_thresh=0.0, dense_masks=True):
         return [self.answer() for _ in images]   # one output per image, as the model
 
     def answer(self):

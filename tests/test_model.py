@@ -298,7 +298,9 @@ def test_outputs_at_another_size():
     with torch.no_grad():
         small = model([image])[0]
         big = model([image], output_sizes=[(192, 256)])[0]
+        boxed = model([image], output_sizes=[(192, 256)], dense_masks=False)[0]
     assert big["masks"].shape[-2:] == (192, 256) and big["sem_seg"].shape == (192, 256)
+    assert len(big["masks"]) > 0 and torch.equal(boxed["masks"].dense(), big["masks"])
     assert torch.allclose(big["boxes"], small["boxes"] * 2)
     assert torch.equal(big["labels"], small["labels"])
     # the stuff map of the logits upsampled bilinearly agrees with the small one
@@ -306,20 +308,30 @@ def test_outputs_at_another_size():
 
 
 def test_paste_masks_matches_torchvision():
-    """paste_masks gives torchvision's paste_masks_in_image values exactly (in-image boxes,
-    boxes on the border, thin and one-pixel boxes, none at all)."""
+    """paste_masks, and paste_mask_crops made dense, give torchvision's paste_masks_in_image
+    values exactly (in-image boxes, boxes on the border, thin and one-pixel boxes, one outside
+    the image, none at all)."""
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-    from spatialflow.model.spatialflow import paste_masks
+    from spatialflow.model.spatialflow import paste_mask_crops, paste_masks
 
     g = torch.Generator().manual_seed(0)
     h, w = 90, 130
     xy = torch.rand(40, 2, generator=g) * torch.tensor([w, h])
     boxes = torch.cat([xy, xy + torch.rand(40, 2, generator=g) * 60], 1)
     boxes[:, 0::2], boxes[:, 1::2] = boxes[:, 0::2].clamp(max=w), boxes[:, 1::2].clamp(max=h)
-    boxes[:4] = torch.tensor([[0.0, 0, w, h], [w - 1, h - 1, w, h], [5, 5, 5.2, 40],
-                              [0, 0, 0.5, 0.5]])
+    boxes[:5] = torch.tensor([[0.0, 0, w, h], [w - 1, h - 1, w, h], [5, 5, 5.2, 40],
+                              [0, 0, 0.5, 0.5], [w + 20, 10, w + 40, 30]])
     masks = torch.rand(40, 1, 28, 28, generator=g)
-    assert torch.equal(paste_masks(masks, boxes, (h, w)),
-                       paste_masks_in_image(masks, boxes, (h, w), padding=1))
+    inside = torch.arange(40) != 4  # torchvision fails on a box outside the image: all zero
+    expected = torch.zeros(40, 1, h, w)
+    expected[inside] = paste_masks_in_image(masks[inside], boxes[inside], (h, w), padding=1)
+    assert torch.equal(paste_masks(masks, boxes, (h, w)), expected)
+    crops = paste_mask_crops(masks, boxes, (h, w))
+    assert torch.equal(crops.dense(), expected) and crops.crops[4].numel() == 0
+    # each crop covers its box: the pasted mask is zero outside it
+    for i, (crop, (y, x)) in enumerate(zip(crops.crops, crops.origins)):
+        outside = expected[i, 0].clone()
+        outside[y:y + crop.shape[0], x:x + crop.shape[1]] = 0
+        assert not outside.any()
     assert paste_masks(masks[:0], boxes[:0], (h, w)).shape == (0, 1, h, w)

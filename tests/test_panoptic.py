@@ -7,7 +7,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from spatialflow.data.categories import CategoryMap
-from spatialflow.panoptic import merge, merge_outputs, stuff_map
+from spatialflow.panoptic import BoxMasks, merge, merge_outputs, stuff_map
 
 from conftest import TINY_CATEGORIES
 
@@ -291,3 +291,41 @@ def test_merge_properties(raw):
     boxes, scores, labels, masks, sem, kw = raw
     pan, segs = merge(boxes, scores, labels, masks, sem, CM, **kw)
     check_merge(raw, pan, segs)
+
+
+@settings(max_examples=100, deadline=None)
+@given(raw=raw_outputs(), seed=st.integers(0, 2**16))
+def test_box_masks_merge_as_their_dense_form(raw, seed):
+    """Masks given as crops (a BoxMasks) merge exactly as the same masks written into zero
+    images, for every threshold (0 included: then every pixel is in every mask)."""
+    boxes, scores, labels, masks, sem, kw = raw
+    masks = torch.as_tensor(np.asarray(masks))
+    masks = masks[:, 0] if masks.dim() == 4 else masks
+    h, w = sem.shape[-2:]
+    rng = np.random.default_rng(seed)
+    crops, origins = [], []
+    for m in masks:
+        y0, x0 = int(rng.integers(0, h + 1)), int(rng.integers(0, w + 1))
+        y1, x1 = int(rng.integers(y0, h + 1)), int(rng.integers(x0, w + 1))
+        crops.append(m[y0:y1, x0:x1])
+        origins.append((y0, x0))
+    box_masks = BoxMasks(crops, origins, (h, w))
+    dense = box_masks.dense()
+    assert dense.shape == box_masks.shape == (len(masks), 1, h, w)
+    expected = merge(boxes, scores, labels, dense, sem, CM, **kw)
+    got = merge(boxes, scores, labels, box_masks, sem, CM, **kw)
+    assert np.array_equal(got[0], expected[0]) and got[1] == expected[1]
+
+
+def test_box_masks_refuse_crops_that_do_not_fit():
+    one = torch.ones(2, 2)
+    with pytest.raises(ValueError, match=r"crop 1 \(3x3 at row 2, column 3\) reaches outside "
+                                         r"the 4x5 image"):
+        BoxMasks([one, torch.ones(3, 3)], [(0, 0), (2, 3)], (4, 5))
+    with pytest.raises(ValueError, match="2 crops for 1 origins"):
+        BoxMasks([one, one], [(0, 0)], (4, 5))
+    with pytest.raises(ValueError, match=r"crop 0 must be \[h,w\], got shape \[1, 2, 2\]"):
+        BoxMasks([one[None]], [(0, 0)], (4, 5))
+    with pytest.raises(ValueError, match="masks are"):     # not the stuff map's size
+        merge(torch.tensor([[0.0, 0, 2, 2]]), torch.tensor([0.9]), torch.tensor([0]),
+              BoxMasks([one], [(0, 0)], (4, 5)), torch.zeros(6, 5, dtype=torch.long), CM)

@@ -138,9 +138,9 @@ def test_predict_dataset_batches_images_of_one_padded_size(run):
     assert predictor.padded_size(120, 128) == (128, 128)       # as it is: with the 128 x 128
     batches, raw_batch = [], predictor.raw_batch
 
-    def spy(ims, mask_conf=None):
+    def spy(ims, mask_conf=None, dense_masks=True):
         batches.append([im.shape[:2] for im in ims])
-        return raw_batch(ims, mask_conf)
+        return raw_batch(ims, mask_conf, dense_masks)
 
     predictor.raw_batch = spy
     errors = []
@@ -152,6 +152,7 @@ def test_predict_dataset_batches_images_of_one_padded_size(run):
     for idx, rec, out, pan, segments in got:
         alone = predictor(images[idx], raw=True)
         assert rec == {"image_id": idx} and pan.shape == shapes[idx]
+        out["masks"] = out["masks"].dense()   # a BoxMasks
         for key in ("boxes", "scores", "masks"):
             assert torch.allclose(out[key], alone["raw"][key], atol=1e-4), (idx, key)
         assert torch.equal(out["labels"], alone["raw"]["labels"])

@@ -4,8 +4,8 @@ Every model runs in eval mode under ``torch.inference_mode`` with random weights
 input image, with the same number of threads, after warm-up; a figure is the median of the
 repeated runs. SpatialFlow's time is split into backbone + FPN, the four towers (with the
 flows), the heads (cls, reg, stuff, thing), box decoding (RetinaNet's top-k, decoding and NMS)
-and post-processing (everything else: mask pasting, the stuff map at the image size and the
-panoptic merge, which is timed as part of the run).
+and post-processing (everything else: mask pasting into the boxes, the stuff map at the image
+size and the panoptic merge, which is timed as part of the run).
 FLOPs are counted by :func:`spatialflow.model.summary.count_flops` (``FlopCounterMode``, a
 multiply-add = 2 FLOPs, convolutions and matrix products), and the machine's peak is measured
 in the same run (:mod:`spatialflow.benchmark.machine`).
@@ -67,7 +67,7 @@ def spatialflow_row(name: str, model: nn.Module, cfg, categories, image: torch.T
     conf = thresholds["mask_conf"]
 
     def run():
-        out = model([x], mask_score_thresh=conf)[0]
+        out = model([x], mask_score_thresh=conf, dense_masks=False)[0]
         return merge_outputs({k: v.cpu() for k, v in out.items()}, categories, **thresholds)
 
     return _measure(name, model, x, run, STAGES, "post-processing", repeat, device)

@@ -20,7 +20,7 @@ from spatialflow.config import InferConfig
 from spatialflow.data.panoptic_io import IMAGE_EXTENSIONS, read_image, write_panoptic_png
 from spatialflow.data.transforms import pad_to_divisible, shortest_edge_size
 from spatialflow.errors import DatasetError, InputError
-from spatialflow.model.spatialflow import paste_masks
+from spatialflow.model.spatialflow import paste_mask_crops
 from spatialflow.panoptic import stuff_map
 from spatialflow.render import panoptic_overlay, save_png, side_by_side
 
@@ -65,7 +65,8 @@ def flip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
 @torch.inference_mode()
 def predict_tta(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
                 test_size: int = 800, max_size: Optional[int] = 1333,
-                device: str = "cpu", mask_conf: Optional[float] = None) -> dict:
+                device: str = "cpu", mask_conf: Optional[float] = None,
+                dense_masks: bool = True) -> dict:
     """Multi-scale + flip test-time augmentation of one ``float[3,H,W]`` image (the passes of
     :func:`augmentations`): the stuff probabilities of all passes are averaged and give the
     stuff map (:func:`~spatialflow.panoptic.stuff_map`); the detections of all passes are
@@ -73,7 +74,8 @@ def predict_tta(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
     box's 28x28 mask probabilities are averaged over the passes (the thing head run on every
     pass's features; with ``mask_conf``, for the detections scoring at least that only) and
     pasted once. Returns the raw output (``boxes``, ``scores``, ``labels``, ``masks``,
-    ``sem_seg``) at the original size."""
+    ``sem_seg``) at the original size; with ``dense_masks=False`` the masks are a
+    :class:`~spatialflow.panoptic.BoxMasks`."""
     model.eval()
     h, w = image.shape[-2:]
     passes, found, sem = [], [], None
@@ -101,26 +103,31 @@ def predict_tta(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
                              [(ah, aw)])[0]
         p = p.flip(-1) if flip else p
         mask_probs = p if mask_probs is None else mask_probs + p
-    masks = paste_masks(mask_probs / len(passes), boxes[:m], (h, w))
+    masks = paste_mask_crops(mask_probs / len(passes), boxes[:m], (h, w))
+    masks = masks.dense() if dense_masks else masks
     out = dict(boxes=boxes, scores=scores, labels=labels, masks=masks, sem_seg=stuff_map(sem))
     return {k: v.cpu() for k, v in out.items()}
 
 
 def predict_raw(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
                 test_size: int = 800, max_size: Optional[int] = 1333,
-                device: str = "cpu", mask_conf: Optional[float] = None) -> dict:
+                device: str = "cpu", mask_conf: Optional[float] = None,
+                dense_masks: bool = True) -> dict:
     """The model's raw output (``boxes``, ``scores``, ``labels``, ``masks``, ``sem_seg``) for
     one ``float[3,H,W]`` image (values in [0, 1]) at its original size, before the merge; with
     ``infer.tta_scales`` or ``infer.tta_flip`` set, :func:`predict_tta`'s. Masks are those of
     every detection, or with ``mask_conf`` of the detections scoring at least that (the first
-    ones; a merge with that ``mask_conf`` or higher uses no other)."""
-    return predict_raw_batch(model, [image], infer, test_size, max_size, device, mask_conf)[0]
+    ones; a merge with that ``mask_conf`` or higher uses no other). With ``dense_masks=False``
+    the masks are a :class:`~spatialflow.panoptic.BoxMasks` (what the merge reads fastest)."""
+    return predict_raw_batch(model, [image], infer, test_size, max_size, device, mask_conf,
+                             dense_masks)[0]
 
 
 @torch.inference_mode()
 def predict_raw_batch(model, images: Sequence[torch.Tensor], infer: InferConfig = InferConfig(),
                       test_size: int = 800, max_size: Optional[int] = 1333,
-                      device: str = "cpu", mask_conf: Optional[float] = None) -> List[dict]:
+                      device: str = "cpu", mask_conf: Optional[float] = None,
+                      dense_masks: bool = True) -> List[dict]:
     """:func:`predict_raw` of several images in one forward pass (with test-time augmentation,
     one image after the other). The model pads the batch to its largest image, and a padded
     pixel changes what GroupNorm sees: pass images of one :func:`padded_size` (as
@@ -128,11 +135,12 @@ def predict_raw_batch(model, images: Sequence[torch.Tensor], infer: InferConfig 
     each would have alone."""
     model.eval()
     if infer.tta_scales or infer.tta_flip:
-        return [predict_tta(model, im, infer, test_size, max_size, device, mask_conf)
-                for im in images]
+        return [predict_tta(model, im, infer, test_size, max_size, device, mask_conf,
+                            dense_masks) for im in images]
     sizes = [tuple(int(v) for v in im.shape[-2:]) for im in images]
     xs = [prepare_image(im, test_size, max_size).to(device) for im in images]
-    outs = model(xs, output_sizes=sizes, mask_score_thresh=mask_conf or 0.0)
+    outs = model(xs, output_sizes=sizes, mask_score_thresh=mask_conf or 0.0,
+                 dense_masks=dense_masks)
     if len(outs) != len(xs):
         raise ValueError(f"the model returned {len(outs)} outputs for {len(xs)} images; it "
                          "must return one per image")

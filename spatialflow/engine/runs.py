@@ -303,18 +303,21 @@ class Predictor:
         other.test_size, other.max_size = test_size, max_size
         return other
 
-    def raw(self, image: ImageLike, mask_conf: Optional[float] = None) -> dict:
+    def raw(self, image: ImageLike, mask_conf: Optional[float] = None,
+            dense_masks: bool = True) -> dict:
         """The model's raw output at the image's size (:func:`~spatialflow.engine.predict.
         predict_raw`): masks of every detection, or with ``mask_conf`` of those scoring at
-        least that."""
-        return self.raw_batch([image], mask_conf)[0]
+        least that; with ``dense_masks=False`` as a :class:`~spatialflow.panoptic.BoxMasks`
+        (what the merge reads fastest)."""
+        return self.raw_batch([image], mask_conf, dense_masks)[0]
 
-    def raw_batch(self, images: Sequence[ImageLike], mask_conf: Optional[float] = None
-                  ) -> List[dict]:
+    def raw_batch(self, images: Sequence[ImageLike], mask_conf: Optional[float] = None,
+                  dense_masks: bool = True) -> List[dict]:
         """:meth:`raw` of several images in one forward pass (:func:`~spatialflow.engine.
         predict.predict_raw_batch`: give it images of one :meth:`padded_size`)."""
         return predict_raw_batch(self.model, [_as_tensor(im) for im in images], self.infer,
-                                 self.test_size, self.max_size, self.device, mask_conf)
+                                 self.test_size, self.max_size, self.device, mask_conf,
+                                 dense_masks)
 
     def padded_size(self, height: int, width: int) -> tuple:
         """The ``(H, W)`` the model runs an ``height x width`` image at (resized to the test
@@ -325,7 +328,8 @@ class Predictor:
     def __call__(self, image: ImageLike, raw: bool = False) -> dict:
         """The panoptic result of one image (see the class); ``raw``: add the model's output
         (masks of the detections the merge can use: score >= ``infer.mask_conf``)."""
-        return self._merged(self.raw(image, self.infer.mask_conf), raw)
+        out = self.raw(image, self.infer.mask_conf, dense_masks=raw)
+        return self._merged(out, raw)
 
     def _merged(self, out: dict, raw: bool = True) -> dict:
         pan, segments = merge_outputs(out, self.categories, **merge_kwargs(self.infer))
@@ -340,7 +344,8 @@ class Predictor:
                         batch_size: int = 8) -> Iterator[tuple]:
         """Yield ``(index, record, raw output, panoptic id map, segments_info)`` for the items
         of a :class:`~spatialflow.data.CocoPanopticDataset` (read without its transforms), at
-        their original size, in the order of ``indices``.
+        their original size, in the order of ``indices``. The raw output's masks are a
+        :class:`~spatialflow.panoptic.BoxMasks` (``.dense()`` gives the tensor).
 
         Consecutive items of one :meth:`padded_size` go through the model together, up to
         ``batch_size`` of them and :data:`BATCH_PIXELS` padded pixels (each gets the output it
@@ -371,7 +376,8 @@ class Predictor:
             items = _read_ahead(reader, load, indices, 2 * batch_size)
             previous = []
             for batch in self._batches(items, batch_size, on_error, bar):
-                outs = self.raw_batch([image for _, image, _ in batch], self.infer.mask_conf)
+                outs = self.raw_batch([image for _, image, _ in batch], self.infer.mask_conf,
+                                      dense_masks=False)
                 # this batch is merged while the previous one is handed out (and, by an
                 # evaluation, written) and the next one goes through the model
                 merged = [merger.submit(self._merged, out) for out in outs]
