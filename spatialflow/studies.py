@@ -488,7 +488,8 @@ def describe_differences(rows: Sequence[dict], reference: str,
     ``reference``'s, set against the seed-to-seed spread (the larger sample std of the two):
     a difference no larger than the spread is called within it, and with one seed each no
     spread is known, which is said. ``paper``: rows (``{by, metric...}``) of the paper's table,
-    whose differences are quoted next to ours, with whether the sign agrees."""
+    whose differences are quoted next to ours, with whether the signs agree as printed (to one
+    decimal: a difference that rounds to 0.0 is "one of them zero", never a sign)."""
     labels = {"pq": "PQ", "pq_th": "PQ_Th", "pq_st": "PQ_St", "sq": "SQ", "rq": "RQ",
               "ap": "box AP"}
     table = {e[by]: e for e in summarize(rows, metrics, by, order)}
@@ -503,15 +504,16 @@ def describe_differences(rows: Sequence[dict], reference: str,
         parts, within, beyond = [], [], []
         for m in metrics:
             diff = e[m]["mean"] - ref[m]["mean"]
+            shown = round(diff, 1) + 0.0                # as printed; -0.0 is printed as +0.0
             if math.isnan(diff):
                 parts.append(f"{labels.get(m, m)} not measured (nothing of it in the ground "
                              f"truth or the predictions)")
                 continue
-            text = f"{labels.get(m, m)} {diff:+.1f}"
+            text = f"{labels.get(m, m)} {shown:+.1f}"
             if name in theirs and reference in theirs and m in theirs[name]:
-                pd = theirs[name][m] - theirs[reference][m]
-                agree = "same sign" if (pd > 0) == (diff > 0) and pd != 0 and diff != 0 else \
-                    "opposite sign" if pd * diff < 0 else "one of them zero"
+                pd = round(theirs[name][m] - theirs[reference][m], 1) + 0.0
+                agree = "same sign" if pd * shown > 0 else \
+                    "opposite sign" if pd * shown < 0 else "one of them zero"
                 text += f" (paper {pd:+.1f}, {agree})"
             parts.append(text)
             spread = max(e[m]["std"], ref[m]["std"])

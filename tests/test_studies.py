@@ -174,6 +174,11 @@ def test_describe_differences_says_what_the_numbers_show():
     text = describe_differences(no_things, "base", ("pq", "pq_th"), paper=paper)
     assert "PQ_Th not measured" in text and "PQ_Th +" not in text and "nan" not in text
     assert "Larger than the spread between seeds (std up to 1.4): PQ." in text
+    tiny = [dict(r, pq=r["pq"] - 0.04) if r["variant"] == "new" else dict(r, pq=r["pq"] + 5)
+            for r in rows]                                    # new - base = -0.04: prints 0.0
+    text = describe_differences(tiny, "base", ("pq",), paper=paper)
+    assert "PQ +0.0 (paper +0.6, one of them zero)" in text and "-0.0" not in text
+    assert "Within the spread between seeds: PQ." in text
 
 
 def test_format_table():

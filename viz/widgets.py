@@ -18,6 +18,7 @@ which is how the tests drive it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import html
 import io
 import warnings
@@ -171,14 +172,15 @@ def as_predict_fn(model, categories: CategoryMap, infer: InferConfig, test_size:
     merges it with its sliders' thresholds): :meth:`Predictor.raw
     <spatialflow.engine.runs.Predictor.raw>` of a :class:`~spatialflow.engine.runs.Predictor`,
     or of a ``torch.nn.Module`` wrapped in one with ``infer``, ``test_size``, ``max_size`` and
-    ``device``; any other callable is taken as a predict function itself; ``None`` for
-    ``None``."""
+    ``device``, with the masks as a :class:`~spatialflow.panoptic.BoxMasks` (each inside its
+    box: the cached outputs stay small and a slider's merge reads the boxes only); any other
+    callable is taken as a predict function itself; ``None`` for ``None``."""
     if model is None:
         return None
-    if isinstance(model, Predictor):
-        return model.raw
     if isinstance(model, torch.nn.Module):
-        return Predictor(model, categories, infer, test_size, max_size, device).raw
+        model = Predictor(model, categories, infer, test_size, max_size, device)
+    if isinstance(model, Predictor):
+        return functools.partial(model.raw, dense_masks=False)
     if callable(model):
         return model
     raise TypeError(f"model must be a torch.nn.Module or a predict function, got {type(model)}")
