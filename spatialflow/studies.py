@@ -504,11 +504,11 @@ def describe_differences(rows: Sequence[dict], reference: str,
         parts, within, beyond = [], [], []
         for m in metrics:
             diff = e[m]["mean"] - ref[m]["mean"]
-            shown = round(diff, 1) + 0.0                # as printed; -0.0 is printed as +0.0
             if math.isnan(diff):
                 parts.append(f"{labels.get(m, m)} not measured (nothing of it in the ground "
                              f"truth or the predictions)")
                 continue
+            shown = round(diff, 1) + 0.0                # as printed; -0.0 is printed as +0.0
             text = f"{labels.get(m, m)} {shown:+.1f}"
             if name in theirs and reference in theirs and m in theirs[name]:
                 pd = round(theirs[name][m] - theirs[reference][m], 1) + 0.0

@@ -288,7 +288,8 @@ class PanopticExplorer:
             eval mode, run as a :class:`~spatialflow.engine.runs.Predictor` with ``infer``,
             ``test_size``, ``max_size`` and ``device``), a ``Predictor``, or a
             predict function ``image uint8[H,W,3] -> raw output dict`` (``boxes``, ``scores``,
-            ``labels``, ``masks``, ``sem_seg`` at the image size).
+            ``labels``, ``masks`` (dense ``[M,1,H,W]`` or a
+            :class:`~spatialflow.panoptic.BoxMasks`), ``sem_seg`` at the image size).
         infer: the merge thresholds the sliders start from (and the model's TTA settings).
         test_size, max_size, device: how a ``torch.nn.Module`` is run.
         model_b: a second model (same kinds as ``model``): A/B mode, both predictions side by
