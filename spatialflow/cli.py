@@ -182,6 +182,9 @@ def cmd_demo(args) -> int:
     data_dir = (out / "data").resolve()
     # the preset's own schedule: tiny-cpu's is sized to the demo (about 9 minutes on 2 cores)
     cfg = load_config(args.preset, list(args.set) + [f"data.root={data_dir}"])
+    if not cfg.model.panoptic:
+        raise InputError("the demo trains and shows a panoptic model; train a detector alone "
+                         "(model.panoptic=false) with `spatialflow train`")
     s = cfg.data.synthetic
     print(f"[1/4] synthetic data: {s.num_train} train + {s.num_val} val images of "
           f"{s.size}x{s.size} px (seed {s.seed}) -> {data_dir}")
@@ -301,7 +304,7 @@ def cmd_evaluate(args) -> int:
     except InputError:  # e.g. no image could be read
         list_skipped()
         raise
-    present = present_categories(ds, out) if args.per_class else None
+    present = present_categories(ds, out) if args.per_class and predictor.panoptic else None
     print(format_metrics(metrics, ds.categories, per_class=args.per_class, present=present))
     print(f"metrics written to {out / 'metrics.json'}")
     if skipped:
@@ -322,8 +325,8 @@ def cmd_predict(args) -> int:
     predictor = Predictor.from_run(args.run, overrides=args.set)
     files = list_images(args.inputs)
     n, failures = predictor.write(files, args.out, progress=not args.quiet)
-    print(f"{n} image(s) predicted -> {Path(args.out).resolve()} (panoptic.json, panoptic/, "
-          f"overlays/)")
+    written = "panoptic.json, panoptic/" if predictor.panoptic else "detections.json"
+    print(f"{n} image(s) predicted -> {Path(args.out).resolve()} ({written}, overlays/)")
     for path, reason in failures:
         print(f"skipped: {reason}", file=sys.stderr)
     if failures:

@@ -50,6 +50,8 @@ class FlowConfig:
 class ModelConfig:
     """Network architecture (paper Section III)."""
     backbone: str = "resnet50"  # resnet10/18/34/50/101, resnext101_32x8d
+    # false: RetinaNet alone (cls and reg towers, the reg->cls flow by switch; Table XII)
+    panoptic: bool = True
     pretrained: Optional[str] = None  # local path to backbone weights; never downloaded
     backbone_norm: str = "frozen_bn"  # "frozen_bn" (paper), "bn" or "gn" (training from scratch)
     freeze_stem: bool = False  # freeze conv1 (useful with pretrained weights)
@@ -57,8 +59,8 @@ class ModelConfig:
     subnets: bool = True  # false: the naive baseline of III-A (heads directly on P3-P5)
     cls_stages: int = 4
     reg_stages: int = 4
-    stuff_stages: int = 4  # Table VIII
-    thing_stages: int = 1  # Table VII
+    stuff_stages: int = 4  # Table VIII (0: the stuff head reads P3-P5)
+    thing_stages: int = 1  # Table VII (0: the thing head reads P3-P5)
     tower_norm: bool = False  # GroupNorm after each tower conv
     dcn: bool = False  # eq (4): modulated deformable convs in the cls, stuff and thing towers
     dcn_towers: List[str] = field(default_factory=lambda: ["cls", "stuff", "thing"])
@@ -244,8 +246,10 @@ def _check(cfg: Config) -> Config:
     need(m.backbone in BACKBONES, "model.backbone", f"must be one of {', '.join(BACKBONES)}")
     need(m.backbone_norm in ("frozen_bn", "bn", "gn"), "model.backbone_norm",
          "must be 'frozen_bn', 'bn' or 'gn'")
-    for k in ("cls_stages", "reg_stages", "stuff_stages", "thing_stages"):
+    for k in ("cls_stages", "reg_stages"):
         need(getattr(m, k) >= 1, f"model.{k}", f"must be >= 1, got {getattr(m, k)}")
+    for k in ("stuff_stages", "thing_stages"):
+        need(getattr(m, k) >= 0, f"model.{k}", f"must be >= 0, got {getattr(m, k)}")
     need(set(m.dcn_towers) <= {"cls", "stuff", "thing"}, "model.dcn_towers",
          "may hold 'cls', 'stuff', 'thing'")
     need(m.flows.source in ("reg", "cls"), "model.flows.source", "must be 'reg' or 'cls'")

@@ -3,7 +3,8 @@ panopticapi's ``pq_compute``, and box AP of the detector with pycocotools' ``COC
 (paper Table XII). Results go to a dict, a printed table and ``metrics.json``:
 
 ``{"panoptic": <pq_compute's result, unchanged>, "bbox": {"AP", "AP50", "AP75", "APs", "APm",
-"APl"}}`` with values as the tools return them (fractions in [0, 1]).
+"APl"}}`` with values as the tools return them (fractions in [0, 1]). A detector alone
+(``model.panoptic: false``, Table XII) is scored by box AP only: ``{"bbox": {...}}``.
 """
 
 from __future__ import annotations
@@ -185,6 +186,20 @@ def box_ap(gt: dict, detections: List[dict], image_ids: Optional[Sequence] = Non
     return {k: float(v) for k, v in zip(BOX_KEYS, ev.stats[:6])}
 
 
+def coco_detections(output: dict, categories: CategoryMap, image_id=None) -> List[dict]:
+    """A model output's detections (``boxes`` xyxy, ``scores``, contiguous thing ``labels``)
+    as COCO results: ``{"category_id" (the data set's id), "bbox" (xywh), "score"}``, with
+    ``"image_id"`` when given."""
+    out = []
+    for box, score, label in zip(output["boxes"].tolist(), output["scores"].tolist(),
+                                 output["labels"].tolist()):
+        x0, y0, x1, y1 = box
+        det = {"category_id": categories.thing_id(int(label)),
+               "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)}
+        out.append(det if image_id is None else {"image_id": image_id, **det})
+    return out
+
+
 class SkippedItemWarning(UserWarning):
     """An item left out of an evaluation because its image or panoptic PNG cannot be read or
     does not match its ``segments_info`` (see :attr:`PanopticEvaluator.skipped`)."""
@@ -208,11 +223,16 @@ class PanopticEvaluator:
         out_dir: where predictions and ``metrics.json`` go.
         instances_json: optional COCO instances JSON for box AP; by default the boxes of the
             panoptic ground truth are used.
+        panoptic: ``False`` for a detector alone: only its boxes are collected (``add``
+            takes ``pan`` and ``segments`` as ``None``), scored by box AP, and written as
+            COCO detection results (``detections.json``).
     """
-    def __init__(self, dataset, out_dir, instances_json=None):
-        self.dataset, self.out_dir = dataset, Path(out_dir)
+    def __init__(self, dataset, out_dir, instances_json=None, panoptic: bool = True):
+        self.dataset, self.out_dir, self.panoptic = dataset, Path(out_dir), panoptic
         self.pred_dir = self.out_dir / "panoptic_pred"
-        self.pred_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if panoptic:
+            self.pred_dir.mkdir(parents=True, exist_ok=True)
         self.instances_json = instances_json
         self.annotations: List[dict] = []
         self.detections: List[dict] = []
@@ -256,19 +276,15 @@ class PanopticEvaluator:
 
     def add(self, record: dict, output: dict, pan: np.ndarray, segments: List[dict]) -> None:
         """One image: its dataset record, the model output at the original size, and the
-        merged panoptic result."""
+        merged panoptic result (``None``, ``None`` for a detector alone)."""
         cats = self.dataset.categories
         png = Path(record["png_path"]).name
-        write_panoptic_png(self.pred_dir / png, pan)
         self.records.append(record)
-        self.annotations.append({"image_id": record["image_id"], "file_name": png,
-                                 "segments_info": segments})
-        for box, score, label in zip(output["boxes"].tolist(), output["scores"].tolist(),
-                                     output["labels"].tolist()):
-            x0, y0, x1, y1 = box
-            self.detections.append({"image_id": record["image_id"],
-                                    "category_id": cats.thing_id(int(label)),
-                                    "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)})
+        if self.panoptic:
+            write_panoptic_png(self.pred_dir / png, pan)
+            self.annotations.append({"image_id": record["image_id"], "file_name": png,
+                                     "segments_info": segments})
+        self.detections += coco_detections(output, cats, record["image_id"])
 
     def _ground_truth(self) -> Tuple[dict, bool]:
         """The ground truth of the added images as a COCO panoptic dict (missing ``area``,
@@ -312,39 +328,48 @@ class PanopticEvaluator:
                 [{"image_id": i, "file": f, "reason": r} for i, f, r in self.skipped], indent=1))
         elif skipped_json.is_file():
             skipped_json.unlink()  # from an earlier evaluation into the same folder
-        if not self.annotations:
+        if not self.records:
             first = f" (first: {self.skipped[0][2]})" if self.skipped else ""
             raise DatasetError(f"{self.dataset.panoptic_json}: no image to score: "
                                f"{len(self.skipped)} could not be read{first}")
         gt, differs = self._ground_truth()
-        ids = {a["image_id"] for a in self.annotations}
-        gt_json = Path(self.dataset.panoptic_json)
-        if differs:  # a subset or filled-in fields: its own GT file
-            gt_json = self.out_dir / "panoptic_gt_subset.json"
-            gt_json.write_text(json.dumps(gt))
-        pred_json = self.out_dir / "panoptic_pred.json"
-        pred_json.write_text(json.dumps({"annotations": self.annotations,
-                                         "categories": self.dataset.categories.to_coco()}))
-        panoptic = pq(gt_json, self.dataset.panoptic_dir, pred_json, self.pred_dir)
+        ids = {r["image_id"] for r in self.records}
+        metrics = {}
+        if self.panoptic:
+            gt_json = Path(self.dataset.panoptic_json)
+            if differs:  # a subset or filled-in fields: its own GT file
+                gt_json = self.out_dir / "panoptic_gt_subset.json"
+                gt_json.write_text(json.dumps(gt))
+            pred_json = self.out_dir / "panoptic_pred.json"
+            pred_json.write_text(json.dumps({"annotations": self.annotations,
+                                             "categories": self.dataset.categories.to_coco()}))
+            metrics["panoptic"] = pq(gt_json, self.dataset.panoptic_dir, pred_json,
+                                     self.pred_dir)
+        else:
+            (self.out_dir / "detections.json").write_text(json.dumps(self.detections))
         if self.instances_json is not None:
             det_gt = json.loads(Path(self.instances_json).read_text())
         else:
             det_gt = gt_boxes_from_panoptic(gt, self.dataset.categories, ids)
-        metrics = {"panoptic": panoptic, "bbox": box_ap(det_gt, self.detections, sorted(ids))}
+        metrics["bbox"] = box_ap(det_gt, self.detections, sorted(ids))
         (self.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         return metrics
 
 
 def metrics_row(metrics: dict) -> dict:
-    """PQ / SQ / RQ (All, Things, Stuff) and box AP of an evaluation, in percent. A group with
-    no class in the ground truth or the predictions (``n`` 0: e.g. no thing anywhere in the
-    images) was not measured: its values are NaN, not 0."""
-    p = metrics["panoptic"]
+    """PQ / SQ / RQ (All, Things, Stuff) and box AP (``ap``, ``ap50``, ``ap75``) of an
+    evaluation, in percent. A group with no class in the ground truth or the predictions
+    (``n`` 0: e.g. no thing anywhere in the images) was not measured: its values are NaN, not
+    0; so is a box AP that pycocotools reports as -1 (no ground-truth box). A detector's
+    evaluation (no ``"panoptic"``) gives the box AP keys only."""
     row = {}
-    for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+    p = metrics.get("panoptic")
+    for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")) if p else ():
         for k in ("pq", "sq", "rq"):
             row[k + suffix] = 100 * p[group][k] if p[group].get("n", 1) else math.nan
-    row["ap"] = 100 * metrics["bbox"]["AP"]
+    for key, name in (("ap", "AP"), ("ap50", "AP50"), ("ap75", "AP75")):
+        value = metrics["bbox"][name]  # pycocotools: -1 without a ground-truth box
+        row[key] = 100 * value if value >= 0 else math.nan
     return row
 
 
@@ -366,16 +391,18 @@ def format_metrics(metrics: dict, categories: Optional[CategoryMap] = None,
     optionally one row per class. With ``present`` (:func:`present_categories`) a class in
     neither the ground truth nor the predictions is shown as absent instead of 0.0 (it is
     not in the averages either: panopticapi leaves it out)."""
-    p = metrics["panoptic"]
-    lines = [f"{'':10s} {'PQ':>6s} {'SQ':>6s} {'RQ':>6s} {'N':>4s}"]
-    for key in ("All", "Things", "Stuff"):
-        r = p[key]
-        lines.append(f"{key:10s} {100 * r['pq']:6.1f} {100 * r['sq']:6.1f} {100 * r['rq']:6.1f} "
-                     f"{r['n']:4d}")
+    p = metrics.get("panoptic")
+    lines = []
+    if p:
+        lines.append(f"{'':10s} {'PQ':>6s} {'SQ':>6s} {'RQ':>6s} {'N':>4s}")
+        for key in ("All", "Things", "Stuff"):
+            r = p[key]
+            lines.append(f"{key:10s} {100 * r['pq']:6.1f} {100 * r['sq']:6.1f} "
+                         f"{100 * r['rq']:6.1f} {r['n']:4d}")
     b = metrics.get("bbox")
     if b:
         lines.append("box AP: " + "  ".join(f"{k} {100 * b[k]:.1f}" for k in BOX_KEYS))
-    if per_class and categories is not None:
+    if per_class and categories is not None and p:
         lines.append(f"{'class':16s} {'PQ':>6s} {'SQ':>6s} {'RQ':>6s}")
         absent = 0
         for cid, r in sorted(p["per_class"].items(), key=lambda kv: int(kv[0])):

@@ -1,5 +1,6 @@
 """Panoptic overlays as image arrays (numpy + PIL): segments in their category colours (instances
-of one class told apart), segment boundaries, optional boxes with class names. The CLI writes
+of one class told apart), segment boundaries, optional boxes with class names; the boxes of a
+detector alone. The CLI writes
 its PNGs with these; :mod:`viz` builds figures and widgets on them."""
 
 from __future__ import annotations
@@ -50,20 +51,38 @@ def panoptic_overlay(image: np.ndarray, pan: np.ndarray, segments: Sequence[dict
         out[boundaries(pan)] = 255
     result = Image.fromarray(out.clip(0, 255).astype(np.uint8))
     if boxes or labels:
-        draw = ImageDraw.Draw(result)
-        for s in segments:
-            if not s.get("isthing", categories.is_thing(s["category_id"])):
-                continue
-            x, y, w, h = s["bbox"]
-            color = tuple(int(c) for c in colors[s["id"]])
-            if boxes:
-                draw.rectangle([x, y, x + w - 1, y + h - 1], outline=color)
-            if labels:
-                text = categories.name(s["category_id"])
-                if "score" in s:
-                    text += f" {s['score']:.2f}"
-                draw.text((x + 1, max(0, y - 10)), text, fill=(255, 255, 255))
+        things = [s for s in segments
+                  if s.get("isthing", categories.is_thing(s["category_id"]))]
+        _draw_boxes(result, things, [colors[s["id"]] for s in things], categories, boxes,
+                    labels)
     return np.asarray(result)
+
+
+def detection_overlay(image: np.ndarray, detections: Sequence[dict], categories: CategoryMap,
+                      min_score: float = 0.3) -> np.ndarray:
+    """``uint8[H,W,3]``: ``image`` with the boxes of ``detections`` (COCO results:
+    ``category_id``, ``bbox`` xywh, ``score``) scoring at least ``min_score``, each in its
+    class colour with its class name and score (what a detector alone predicts)."""
+    shown = [d for d in detections if d["score"] >= min_score]
+    result = Image.fromarray(np.asarray(image, np.uint8))
+    _draw_boxes(result, shown, [categories[d["category_id"]]["color"] for d in shown],
+                categories, True, True)
+    return np.asarray(result)
+
+
+def _draw_boxes(image: Image.Image, items: Sequence[dict], colors, categories: CategoryMap,
+                boxes: bool, labels: bool) -> None:
+    """Draw each item's ``bbox`` (xywh) and / or its class name (and ``score``, if any)."""
+    draw = ImageDraw.Draw(image)
+    for item, color in zip(items, colors):
+        x, y, w, h = item["bbox"]
+        if boxes:
+            draw.rectangle([x, y, x + w - 1, y + h - 1], outline=tuple(int(c) for c in color))
+        if labels:
+            text = categories.name(item["category_id"])
+            if "score" in item:
+                text += f" {item['score']:.2f}"
+            draw.text((x + 1, max(0, y - 10)), text, fill=(255, 255, 255))
 
 
 def side_by_side(*panels: np.ndarray, gap: int = 4) -> np.ndarray:

@@ -1,5 +1,6 @@
 """The paper's studies as functions the notebooks call: the ablation variants of Tables V and IX
-and Fig. 4, the loss-balance sweep of Table IV, accuracy against image scale and speed
+and Fig. 4, the stages of Tables VII and VIII, the detector alone of Table XII, the loss-balance
+sweep of Table IV, accuracy against image scale and speed
 (Table XI), and the paper's published figures to show next to ours.
 
 :func:`run_study` trains every (variant, seed) into its own run folder under one study folder
@@ -80,6 +81,33 @@ def fig4_variants() -> List[Variant]:
             Variant("spatial flows", ("model.subnets=true", "model.flows.source=reg"))]
 
 
+def stages_variants(tower: str, stages: Sequence[int] = (0, 1, 2, 3, 4)) -> List[Variant]:
+    """Tables VII (``tower="thing"``) and VIII (``"stuff"``): the number of stages of one
+    sub-network, as the paper sweeps it, "based on the baseline model": no flows, the other
+    segmentation tower at 0 stages (the paper's rows at 0 stages are its baseline, 39.7 PQ, in
+    both tables), the cls and reg towers as always. The row of 0 stages is the naive baseline
+    itself (:func:`components_variants`' first row: the same network, and the same run)."""
+    if tower not in ("thing", "stuff"):
+        raise ValueError(f"tower must be 'thing' or 'stuff', got {tower!r}")
+    other = "stuff" if tower == "thing" else "thing"
+    rows = []
+    for n in stages:
+        if n < 0:
+            raise ValueError(f"stages must be >= 0, got {n}")
+        overrides = components_variants()[0].overrides if n == 0 else (
+            ("model.subnets=true",) + NO_FLOWS + (f"model.{other}_stages=0",
+                                                   f"model.{tower}_stages={n}"))
+        rows.append(Variant(f"{tower} x{n}", overrides, (("stages", int(n)),)))
+    return rows
+
+
+def detection_variants() -> List[Variant]:
+    """Table XII: RetinaNet alone (``model.panoptic=false``, scored by box AP), without and
+    with the reg->cls flow."""
+    return [Variant("RetinaNet", ("model.panoptic=false", "model.flows.reg_to_cls=false")),
+            Variant("RetinaNet w/ flows", ("model.panoptic=false", "model.flows.reg_to_cls=true"))]
+
+
 def variant(variants: Sequence[Variant], name: str) -> Variant:
     """The variant called ``name`` among ``variants`` (e.g. ``variant(fig4_variants(),
     "spatial flows")``); a ``KeyError`` lists the names there are."""
@@ -142,7 +170,8 @@ def lambda_variants(lambdas: Sequence[float], model: Optional[Sequence[str]] = N
                     (("lambda", float(lam)),)) for lam in lambdas]
 
 
-# The paper's figures (COCO val, ResNet-50; PQ, PQ_Th, PQ_St), to show next to measured ones.
+# The paper's figures (ResNet-50; COCO val unless the table says Cityscapes; PQ, PQ_Th, PQ_St,
+# or box AP for Table XII), to show next to measured ones.
 PAPER = {
     "table_iv": [{"lambda": lam, "pq": a, "pq_th": b, "pq_st": c} for lam, a, b, c in (
         (1.0, 37.5, 41.8, 30.9), (0.75, 38.2, 43.0, 31.1), (0.5, 38.8, 44.0, 31.0),
@@ -154,6 +183,25 @@ PAPER = {
         ("-", 40.3, 46.2, 31.4), ("+ reg-cls", 40.5, 46.6, 31.4),
         ("+ reg-stuff", 40.7, 46.3, 32.0), ("+ reg-thing", 40.7, 46.4, 31.8),
         ("+ stuff-thing", 40.9, 46.8, 31.9))],
+    # Table VI: Table V on Cityscapes val
+    "table_vi": [{"variant": v, "pq": a, "pq_th": b, "pq_st": c} for v, a, b, c in (
+        ("baseline", 57.3, 53.5, 60.0), ("+ sub-networks", 57.5, 53.6, 60.3),
+        ("+ spatial flows", 58.0, 54.3, 60.8), ("+ both", 58.6, 54.9, 61.4))],
+    # Tables VII / VIII: stages of the thing / stuff sub-network, on the baseline model
+    "table_vii": [{"stages": n, "pq": a, "pq_th": b, "pq_st": c} for n, a, b, c in (
+        (0, 39.7, 46.0, 30.2), (1, 39.9, 46.3, 30.3), (2, 39.7, 46.0, 30.2),
+        (3, 39.9, 46.2, 30.3), (4, 39.7, 45.9, 30.3))],
+    "table_viii": [{"stages": n, "pq": a, "pq_th": b, "pq_st": c} for n, a, b, c in (
+        (0, 39.7, 46.0, 30.2), (1, 39.9, 45.9, 30.9), (2, 40.1, 46.0, 31.1),
+        (3, 40.2, 46.1, 31.4), (4, 40.3, 46.2, 31.5))],
+    # Table X: Table IX on Cityscapes val
+    "table_x": [{"variant": v, "pq": a, "pq_th": b, "pq_st": c} for v, a, b, c in (
+        ("-", 57.5, 53.6, 60.3), ("+ reg-cls", 58.0, 55.1, 60.1),
+        ("+ reg-stuff", 58.3, 54.6, 60.9), ("+ reg-thing", 58.5, 54.7, 61.3),
+        ("+ stuff-thing", 58.6, 54.9, 61.4))],
+    # Table XII: RetinaNet R50 at 800 px, box AP on COCO val
+    "table_xii": [{"variant": v, "ap": a, "ap50": b, "ap75": c} for v, a, b, c in (
+        ("RetinaNet", 35.6, 55.5, 37.7), ("RetinaNet w/ flows", 36.7, 57.1, 39.4))],
     # Table XI: FPS on one V100
     "table_xi": [{"name": n, "scale": s, "pq": a, "pq_th": b, "pq_st": c, "fps": f}
                  for n, s, a, b, c, f in (
@@ -191,9 +239,19 @@ def config_key(cfg) -> str:
     d["train"].pop("seed")
     d["train"].pop("max_bad_steps")  # how a run reacts to a fault, not what it trains
     d["data"].pop("root")
-    if not cfg.model.subnets:  # no stuff / thing tower: their flows are not built
-        for flow in ("reg_to_stuff", "reg_to_thing", "stuff_to_thing"):
-            d["model"]["flows"].pop(flow)
+    m = d["model"]
+    if m.pop("panoptic"):  # (the default, left out: keys of runs made before it stay)
+        if not cfg.model.subnets:  # no stuff / thing tower: their flows are not built
+            for flow in ("reg_to_stuff", "reg_to_thing", "stuff_to_thing"):
+                m["flows"].pop(flow)
+    else:  # a detector alone: only what RetinaNet builds, and the switch of its one flow
+        for key in ("subnets", "stuff_stages", "thing_stages", "stuff_loss_weight",
+                    "stuff_head_channels", "mask_head_channels"):
+            m.pop(key)
+        flows = m.pop("flows")
+        m["detector"] = {k: flows[k] for k in ("reg_to_cls", "source")}
+        for key in ("mask_conf", "overlap", "stuff_area", "box_fill", "box_fill_enabled"):
+            d["infer"].pop(key)
     d.pop("name", None), d.pop("description", None)
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 

@@ -86,9 +86,10 @@ def test_every_stage_of_spatialflow_is_timed():
 def test_inference_bench_on_tiny_models():
     result = run_inference_bench(sizes=[64], repeat=1, preset="tiny-cpu", progress=None,
                                    models=["SpatialFlow R50", "naive baseline R50",
-                                           "Mask R-CNN R50-FPN"])
+                                           "RetinaNet R50 w/ flows", "Mask R-CNN R50-FPN"])
     rows = {r["model"]: r for r in result["rows"]}
-    assert list(rows) == ["SpatialFlow R50", "naive baseline R50", "Mask R-CNN R50-FPN"]
+    assert list(rows) == ["SpatialFlow R50", "naive baseline R50", "RetinaNet R50 w/ flows",
+                          "Mask R-CNN R50-FPN"]
     for r in rows.values():
         assert r["size"] == [64, 85] and r["short"] == 64
         assert r["seconds"] > 0 and r["gflops"] > 0 and r["detections"] > 0
@@ -99,6 +100,10 @@ def test_inference_bench_on_tiny_models():
     assert sf["split"]["box decoding"] > 0
     # the flows and sub-networks cost FLOPs: the naive baseline counts fewer
     assert rows["naive baseline R50"]["gflops"] < sf["gflops"]
+    # the detector alone: no thing or stuff part, no merge
+    detector = rows["RetinaNet R50 w/ flows"]
+    assert detector["gflops"] < rows["naive baseline R50"]["gflops"]
+    assert detector["split"]["heads"] > 0 and detector["split"]["box decoding"] > 0
     assert set(rows["Mask R-CNN R50-FPN"]["split"]) == {"backbone+FPN", "rest"}
     assert [q["short"] for q in result["ratios"]] == [64]
     assert result["ratios"][0]["time_ratio"] == pytest.approx(
@@ -236,6 +241,10 @@ def test_the_benchmarked_models_are_table_v_rows():
                                                        "+ sub-networks"),
                       ("naive baseline R50", "baseline")):
         assert load_config("r50-coco", ours[name]) == load_config("r50-coco", rows[row]), name
+    from spatialflow.studies import detection_variants
+
+    assert load_config("r50-coco", ours["RetinaNet R50 w/ flows"]) == load_config(
+        "r50-coco", detection_variants()[1].overrides)
 
 
 def test_inference_options_on_a_tiny_model():

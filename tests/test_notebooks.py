@@ -100,6 +100,8 @@ def test_02_flows_ablation(studies, tmp_path):
         assert f"**{name}, measured**" in text
     assert "| variant | n | pq | pq_th | pq_st |" in text and "| + both | 1 |" in text
     assert "| + sub-networks | 40.3 | 46.2 | 31.4 |" in text  # the paper's table beside
+    assert "| + sub-networks | 57.5 | 53.6 | 60.3 |" in text  # and its Cityscapes rows (VI)
+    assert "| + reg-cls | 58.0 | 55.1 | 60.1 |" in text  # (X)
     assert "- **+ stuff-thing** vs **-**: PQ " in text and "One run each" in text
     assert sum(images(nb)) == 3  # one bar chart per study
 
@@ -108,7 +110,11 @@ def test_03_cam_heatmaps(studies, tmp_path):
     nb, text = run_quick("03_cam_heatmaps", tmp_path, OUT=str(studies))
     assert "'spatial flows'" in text and "'base'" in text  # the two models' PQ
     assert "2 of the 2 val images shown" in text
-    assert images(nb)[-2:] == [2, 2]  # a with/without figure per image; cls and stuff levels
+    assert images(nb)[-3:] == [2, 2, 1]  # a with/without figure per image; cls and stuff
+    # levels; the flow maps, with the share of each flow inside the thing boxes
+    assert "**This image.** The ground-truth thing boxes cover" in text
+    assert "**The first 20 val images** (those with a thing). The ground-truth" in text
+    assert "reg->cls" in text and "stuff->thing" in text
 
 
 def test_05_loss_balance(studies, tmp_path):
@@ -128,3 +134,21 @@ def test_06_accuracy_vs_speed(studies, tmp_path):
     assert "| scale | padded | images | seconds | images_per_s | pq |" in text
     assert "At 64 px this machine runs" in text and "(paper, V100, 400 vs 800 px: 1.90x)" in text
     assert sum(images(nb)) == 2
+
+
+def test_07_subnetworks_and_detection(studies, tmp_path):
+    nb, text = run_quick("07_subnetworks_and_detection", tmp_path, OUT=str(studies))
+    rows = json.loads((studies / "07_subnetworks_and_detection.json").read_text())
+    assert {k: len(v) for k, v in rows.items()} == {"Table VII": 2, "Table VIII": 2,
+                                                    "Table XII": 2}
+    assert [r["stages"] for r in rows["Table VII"]] == [0, 1]
+    # 0 stages is the baseline: one run for both tables (and notebook 02's, when it ran first)
+    assert rows["Table VII"][0]["run"] == rows["Table VIII"][0]["run"]
+    for r in rows["Table XII"]:
+        assert {"ap", "ap50", "ap75"} <= set(r) and "pq" not in r
+    assert "| stages | n | pq | pq_th | pq_st |" in text
+    assert "| 1 | 39.9 | 46.3 | 30.3 |" in text and "| 4 | 40.3 | 46.2 | 31.5 |" in text
+    assert "- **stages = 1** vs **stages = 0**: PQ " in text
+    assert "| RetinaNet w/ flows | 36.7 | 57.1 | 39.4 |" in text
+    assert "- **RetinaNet w/ flows** vs **RetinaNet**: box AP " in text
+    assert sum(images(nb)) == 3  # one bar chart per study

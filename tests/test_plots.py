@@ -249,3 +249,33 @@ def test_study_parts_table_paper_bars_and_sentences():
         "Table V\nmean over 2 seeds per bar, error bars: ± sample std")
     assert parts[3].startswith("- **+ both** vs **baseline**: PQ +2.0 (paper +1.2, same sign)")
     assert len(study_parts("x", rows, "+ both")) == 3  # no paper table
+
+
+def test_study_parts_with_cityscapes_rows_and_stages():
+    from spatialflow.studies import PAPER
+    from viz.report import study_parts
+
+    rows = [{"variant": v, "seed": s, "pq": pq + s, "pq_th": 1.0, "pq_st": 2.0}
+            for s in (0, 1) for v, pq in (("baseline", 10.0), ("+ both", 12.0))]
+    parts = study_parts("Table V", rows, "baseline",
+                        {"COCO val": PAPER["table_v"], "Cityscapes val": PAPER["table_vi"]})
+    assert parts[1].startswith("**Table V, paper** (COCO val, ResNet-50)")
+    assert parts[2].startswith("**Table V, paper** (Cityscapes val, ResNet-50)")
+    assert "| + both | 58.6 | 54.9 | 61.4 |" in parts[2]
+    assert "PQ +2.0 (paper +1.2, same sign)" in parts[4]  # COCO's difference, said so
+    assert parts[4].endswith("(The paper's differences quoted are those of COCO val.)")
+    # Tables VII / VIII: rows keyed by the number of stages
+    stages = [{"variant": f"thing x{n}", "stages": n, "seed": 0, "pq": 20.0 + n, "pq_th": 5.0,
+               "pq_st": 30.0} for n in (0, 1)]
+    parts = study_parts("Table VII", stages, 0, PAPER["table_vii"], by="stages")
+    assert "| stages | n | pq | pq_th | pq_st |" in parts[0] and "| 1 | 1 | 21.0 |" in parts[0]
+    assert "| 1 | 39.9 | 46.3 | 30.3 |" in parts[1]
+    assert "- **stages = 1** vs **stages = 0**: PQ +1.0 (paper +0.2, same sign)" in parts[3]
+    # Table XII: box AP
+    boxes = [{"variant": v, "seed": 0, "ap": a, "ap50": 2 * a, "ap75": a / 2}
+             for v, a in (("RetinaNet", 10.0), ("RetinaNet w/ flows", 11.0))]
+    parts = study_parts("Table XII", boxes, "RetinaNet", PAPER["table_xii"],
+                        ("ap", "ap50", "ap75"), ylabel="box AP")
+    assert "| RetinaNet w/ flows | 36.7 | 57.1 | 39.4 |" in parts[1]
+    assert parts[2].axes[0].get_ylabel() == "box AP"
+    assert "box AP +1.0 (paper +1.1, same sign)" in parts[3]

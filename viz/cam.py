@@ -198,6 +198,9 @@ def compute_cam(model: nn.Module, image: torch.Tensor, head: str = "cls",
         model = model.model
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    if head == "stuff" and not getattr(model, "panoptic", True):
+        raise InputError("a detector alone (model.panoptic: false) has no stuff head; its "
+                         "cls head has a CAM (head='cls')")
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
     if torch.is_inference_mode_enabled():

@@ -5,6 +5,9 @@
 * ``overlay.png``: ground truth | prediction of the full model on val images;
 * ``cam_pair.png``: paper Fig. 5, cls- and stuff-head Grad-CAM with and without spatial flows;
 * ``ablation.png``: paper Table V on the synthetic data, mean and std over seeds;
+* ``flow_maps.png``: what each spatial flow adds to its receiving tower at P3-P5, beside the
+  image with its ground-truth thing boxes; ``flow_maps.json`` holds the shares of each flow's
+  magnitude inside the boxes and the sentence said about them;
 * ``quality_per_minute.png``: PQ_Th and PQ against training minutes, from the bench's JSON.
 
 The models come from :func:`spatialflow.studies.run_study` over Table V's variants in the
@@ -28,10 +31,11 @@ from spatialflow.engine.runs import Predictor
 from spatialflow.studies import (QUICK_OVERRIDES, components_variants, describe_plan, plan_study,
                                  run_study, variant)
 from viz.cam import cam_examples, flows_comparison_figure
+from viz.flows import describe_flow_share, flow_box_share, flow_maps, flow_maps_figure, thing_boxes
 from viz.overlay import overlay_figure, prediction_rows
 from viz.plots import ablation_bars
 
-FIGURES = ("overlay.png", "cam_pair.png", "ablation.png")
+FIGURES = ("overlay.png", "cam_pair.png", "flow_maps.png", "ablation.png")
 
 
 def make_figures(out, study="runs/studies", base: str = "tiny-cpu",
@@ -74,11 +78,12 @@ def make_figures(out, study="runs/studies", base: str = "tiny-cpu",
                                                 f"prediction after {iters} iterations "
                                                 f"(seed {seeds[0]})").savefig(
             paths["overlay.png"], dpi=dpi)
-    if "cam_pair.png" not in paths and "ablation.png" not in paths:
-        return paths
     index, thing, stuff = examples[0]
     models = {"with spatial flows": predictor, "without flows": without}
     image, gt, record = data.load(index)
+    if "flow_maps.png" in paths:
+        flow_map_picture(predictor, image, record, paths["flow_maps.png"], dpi,
+                         f"after {iters} iterations, seed {seeds[0]}")
     if "cam_pair.png" in paths:
         flows_comparison_figure(to_tensor(image), models, categories, thing, stuff,
                                 ground_truth=(gt, record["segments_info"])
@@ -91,6 +96,35 @@ def make_figures(out, study="runs/studies", base: str = "tiny-cpu",
         {"command": " ".join(["python -m viz.figures", *sys.argv[1:]]), "study": str(study),
          "overrides": list(overrides), "seeds": list(seeds), "rows": rows}, indent=1))
     return paths
+
+
+def flow_map_picture(predictor, image, record: dict, path, dpi: int = 100,
+                     trained: str = "") -> dict:
+    """``path`` (a PNG): :func:`~viz.flows.flow_maps_figure` of ``predictor``'s model on one
+    data set item (``image``: ``uint8[H,W,3]``, ``record``: its record, whose thing segments
+    give the boxes), titled with :func:`~viz.flows.describe_flow_share`'s sentence; and beside
+    it ``<path>.json``: ``{"image_id", "shares", "sentence", "run"}``. Returns that dict."""
+    tensor = to_tensor(image)
+    maps = flow_maps(predictor, tensor)
+    boxes = thing_boxes(record["segments_info"], predictor.categories)
+    shares = flow_box_share(maps, boxes, image.shape[:2])
+    sentence = describe_flow_share(shares)
+    title = (f"What each flow adds to its receiving tower (L2 norm over channels), "
+             f"{predictor.run.parent.name if predictor.run else 'model'} {trained}, "
+             f"image {record['image_id']}")
+    fig = flow_maps_figure(tensor, maps, boxes, title=title)
+    fig.text(0.5, -0.01, _wrap(sentence), ha="center", va="top", fontsize=9)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    info = {"image_id": record["image_id"], "run": str(predictor.run), "shares": shares,
+            "sentence": sentence}
+    Path(path).with_suffix(".json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def _wrap(text: str, width: int = 120) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
 
 
 def quality_figure(bench_json, out, dpi: int = 100) -> Path:

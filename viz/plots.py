@@ -28,7 +28,8 @@ LOSS_KEYS = ("loss", "loss_cls", "loss_reg", "loss_thing", "loss_stuff")
 #: ``(group of an eval record, line label)`` of the PQ panel
 PQ_GROUPS = (("All", "PQ"), ("Things", "PQ_Th"), ("Stuff", "PQ_St"))
 #: axis / legend labels of the metric keys of study rows
-METRIC_LABELS = {"pq": "PQ", "pq_th": "PQ_Th", "pq_st": "PQ_St", "sq": "SQ", "rq": "RQ"}
+METRIC_LABELS = {"pq": "PQ", "pq_th": "PQ_Th", "pq_st": "PQ_St", "sq": "SQ", "rq": "RQ",
+                 "ap": "box AP", "ap50": "AP50", "ap75": "AP75"}
 
 
 # --- training curves -------------------------------------------------------------------------

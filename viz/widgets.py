@@ -335,6 +335,11 @@ class PanopticExplorer:
                                                            model_b_categories)):
             if m is None:
                 continue
+            inner = m.model if isinstance(m, Predictor) else m
+            if not getattr(inner, "panoptic", True):
+                raise InputError(f"model '{name}' is a detector alone (model.panoptic: false): "
+                                 "it predicts boxes, not the panoptic segments the explorer "
+                                 "shows; `spatialflow predict` draws its boxes")
             for split, data in self.datasets.items():
                 source = getattr(data, "panoptic_json", None)
                 check_model_categories(data.categories, m, cats,

@@ -59,7 +59,8 @@ def spatialflow_row(name: str, model: nn.Module, cfg, categories, image: torch.T
                     repeat: int, device: str, mask_conf: Optional[float] = None) -> dict:
     """:func:`bench_spatialflow`'s row of a model already built: it runs as the
     :class:`~spatialflow.engine.runs.Predictor` does (masks only for the detections scoring
-    at least ``mask_conf``, default the config's), then the merge."""
+    at least ``mask_conf``, default the config's), then the merge (none for a detector
+    alone)."""
     x = image.to(device)
     thresholds = merge_kwargs(cfg.infer)
     if mask_conf is not None:
@@ -68,6 +69,8 @@ def spatialflow_row(name: str, model: nn.Module, cfg, categories, image: torch.T
 
     def run():
         out = model([x], mask_score_thresh=conf, dense_masks=False)[0]
+        if not getattr(model, "panoptic", True):  # a detector alone: boxes, no merge
+            return {k: v.cpu() for k, v in out.items()}
         return merge_outputs({k: v.cpu() for k, v in out.items()}, categories, **thresholds)
 
     return _measure(name, model, x, run, STAGES, "post-processing", repeat, device)

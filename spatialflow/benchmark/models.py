@@ -20,10 +20,12 @@ from spatialflow.model import build_model
 
 def spatialflow_variants() -> Dict[str, Tuple[str, ...]]:
     """The SpatialFlow models compared: all flows, without flows, the naive baseline (the
-    rows '+ both', '+ sub-networks' and 'baseline' of Table V)."""
+    rows '+ both', '+ sub-networks' and 'baseline' of Table V), and the detector alone with
+    the reg->cls flow (Table XII's 'RetinaNet w/ flows', beside torchvision's RetinaNet)."""
     return {"SpatialFlow R50": (),
             "SpatialFlow R50, no flows": ("model.subnets=true",) + NO_FLOWS,
-            "naive baseline R50": ("model.subnets=false",) + NO_FLOWS}
+            "naive baseline R50": ("model.subnets=false",) + NO_FLOWS,
+            "RetinaNet R50 w/ flows": ("model.panoptic=false",)}
 
 
 def build_spatialflow(overrides: Sequence[str] = (), preset: str = "r50-coco",

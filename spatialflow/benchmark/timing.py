@@ -82,6 +82,8 @@ def stage_timer(model: nn.Module, stages: Dict[str, Sequence[str]],
     for stage, paths in stages.items():
         for path in paths:
             target = getattr(model, path) if "." not in path else model.get_submodule(path)
+            if target is None:  # a part this model has not (a detector's stuff head)
+                continue
             if isinstance(target, nn.Module):
                 handles.append(target.register_forward_pre_hook(pre))
                 handles.append(target.register_forward_hook(post_for(stage)))

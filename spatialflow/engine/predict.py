@@ -22,7 +22,7 @@ from spatialflow.data.transforms import pad_to_divisible, shortest_edge_size
 from spatialflow.errors import DatasetError, InputError
 from spatialflow.model.spatialflow import paste_mask_crops
 from spatialflow.panoptic import stuff_map
-from spatialflow.render import panoptic_overlay, save_png, side_by_side
+from spatialflow.render import detection_overlay, panoptic_overlay, save_png, side_by_side
 
 
 def merge_kwargs(infer: InferConfig) -> dict:
@@ -34,7 +34,10 @@ def merge_kwargs(infer: InferConfig) -> dict:
 
 def to_tensor(image) -> torch.Tensor:
     """``float[3,H,W]`` in [0, 1] from an ``uint8[H,W,3]`` array (as the readers return)."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+    array = np.ascontiguousarray(image)
+    if not array.flags.writeable:  # e.g. np.asarray of a PIL image: torch wants to own it
+        array = array.copy()
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255)
 
 
 def prepare_image(image: torch.Tensor, test_size: int, max_size: Optional[int]) -> torch.Tensor:
@@ -75,8 +78,10 @@ def predict_tta(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
     pass's features; with ``mask_conf``, for the detections scoring at least that only) and
     pasted once. Returns the raw output (``boxes``, ``scores``, ``labels``, ``masks``,
     ``sem_seg``) at the original size; with ``dense_masks=False`` the masks are a
-    :class:`~spatialflow.panoptic.BoxMasks`."""
+    :class:`~spatialflow.panoptic.BoxMasks`. A detector alone gives the pooled ``boxes``,
+    ``scores`` and ``labels`` only."""
     model.eval()
+    panoptic = getattr(model, "panoptic", True)
     h, w = image.shape[-2:]
     passes, found, sem = [], [], None
     for short, cap, flip in augmentations(infer, test_size, max_size):
@@ -86,6 +91,8 @@ def predict_tta(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
         (ah, aw), det = sizes[0], detections[0]
         boxes = flip_boxes(det["boxes"], aw) if flip else det["boxes"]
         found.append((resize_boxes(boxes, (ah, aw), (h, w)), det["scores"], det["labels"]))
+        if not panoptic:
+            continue
         logits = stuff_logits[:, :, :ah, :aw]
         logits = logits.flip(-1) if flip else logits
         probs = nnf.interpolate(logits, size=(h, w), mode="bilinear",
@@ -95,6 +102,8 @@ def predict_tta(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
     boxes, scores, labels = (torch.cat(v) for v in zip(*found))
     keep = batched_nms(boxes, scores, labels, model.nms_thresh)[:model.detections_per_img]
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    if not panoptic:
+        return {"boxes": boxes.cpu(), "scores": scores.cpu(), "labels": labels.cpu()}
     m = len(scores) if mask_conf is None else int((scores >= mask_conf).sum())
     mask_probs = None
     for thing_features, (ah, aw), flip in passes:
@@ -176,13 +185,14 @@ def list_images(inputs) -> list:
 def write_predictions(predictor, files, out_dir, progress: bool = True):
     """Predict image files with ``predictor`` (a :class:`~spatialflow.engine.runs.Predictor`)
     and write ``out_dir/panoptic/*.png`` + ``out_dir/panoptic.json`` (COCO panoptic) and
-    ``out_dir/overlays/*.png`` (image | prediction). A file that cannot be read is skipped;
-    returns ``(number written, [(file, reason), ...])``."""
-
-
-    categories = predictor.categories
+    ``out_dir/overlays/*.png`` (image | prediction); for a detector alone ``out_dir/
+    detections.json`` (``images``, ``annotations``: COCO results, ``categories``: the thing
+    classes) and overlays of its boxes scoring at least ``infer.mask_conf``. A file that
+    cannot be read is skipped; returns ``(number written, [(file, reason), ...])``."""
+    categories, panoptic = predictor.categories, predictor.panoptic
     out_dir = Path(out_dir)
-    (out_dir / "panoptic").mkdir(parents=True, exist_ok=True)
+    if panoptic:
+        (out_dir / "panoptic").mkdir(parents=True, exist_ok=True)
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     images, annotations, failures = [], [], []
     stems = set()
@@ -195,15 +205,25 @@ def write_predictions(predictor, files, out_dir, progress: bool = True):
         stem = path.stem if path.stem not in stems else f"{path.stem}_{len(stems)}"
         stems.add(stem)
         result = predictor(image)
-        pan, segments = result["panoptic"], result["segments_info"]
         image_id = len(images) + 1
-        write_panoptic_png(out_dir / "panoptic" / f"{stem}.png", pan)
-        overlay = panoptic_overlay(image, pan, segments, categories, boxes=True, labels=True)
+        if panoptic:
+            pan, segments = result["panoptic"], result["segments_info"]
+            write_panoptic_png(out_dir / "panoptic" / f"{stem}.png", pan)
+            overlay = panoptic_overlay(image, pan, segments, categories, boxes=True, labels=True)
+            annotations.append({"image_id": image_id, "file_name": f"{stem}.png",
+                                "segments_info": segments})
+        else:
+            overlay = detection_overlay(image, result["detections"], categories,
+                                        predictor.infer.mask_conf)
+            annotations += [{"image_id": image_id, **d} for d in result["detections"]]
         save_png(out_dir / "overlays" / f"{stem}.png", side_by_side(image, overlay))
         images.append({"id": image_id, "file_name": path.name, "height": image.shape[0],
                        "width": image.shape[1], "path": str(path)})
-        annotations.append({"image_id": image_id, "file_name": f"{stem}.png",
-                            "segments_info": segments})
-    (out_dir / "panoptic.json").write_text(json.dumps(
-        {"images": images, "annotations": annotations, "categories": categories.to_coco()}))
+    if panoptic:
+        (out_dir / "panoptic.json").write_text(json.dumps(
+            {"images": images, "annotations": annotations, "categories": categories.to_coco()}))
+    else:
+        (out_dir / "detections.json").write_text(json.dumps(
+            {"images": images, "annotations": annotations,
+             "categories": categories.thing_categories()}))
     return len(images), failures

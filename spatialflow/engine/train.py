@@ -456,9 +456,10 @@ class _Loop:
                                   cfg.data.test_size, cfg.data.max_size, self.device)
             metrics = predictor.evaluate(self.val_ds, self.run / "eval" / f"iter_{self.it:07d}",
                                          progress=self.progress)
-            _log(self.run / LOG, {"iter": self.it, "eval": {
-                k: metrics["panoptic"][k] for k in ("All", "Things", "Stuff")},
-                "bbox": metrics["bbox"]}, self.on_log)
+            record = {"iter": self.it, "bbox": metrics["bbox"]}
+            if "panoptic" in metrics:  # (a detector alone has box AP only)
+                record["eval"] = {k: metrics["panoptic"][k] for k in ("All", "Things", "Stuff")}
+            _log(self.run / LOG, record, self.on_log)
             print(format_metrics(metrics))
         self.model.train()
         _barrier()

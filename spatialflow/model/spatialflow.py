@@ -2,7 +2,9 @@
 
 ``model(images, targets)`` in training returns the losses of eq (6); in eval mode it returns,
 per image, the raw outputs the panoptic merge needs (boxes, scores, contiguous labels, mask
-probabilities pasted at the image size and the stuff map at the image size).
+probabilities pasted at the image size and the stuff map at the image size). Built with
+``panoptic=False`` it is RetinaNet with or without the reg->cls flow (Table XII): cls and reg
+losses in training, boxes, scores and labels in eval mode.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class SpatialFlow(RetinaNet):
         size_divisibility: images are padded to a multiple of this: 32 (P5's stride; the
             anchors sit at each level's true stride) or a multiple of it (runs trained before
             the anchors did say 128 in their config).
+        panoptic: ``False``: the detector alone (no thing or stuff tower or head; ``subnets``
+            built with ``panoptic=False``; ``num_sem_classes`` unused).
     """
 
     def __init__(self, backbone: nn.Module, subnets: SubNetworks, num_things: int,
@@ -100,7 +104,7 @@ class SpatialFlow(RetinaNet):
                  detections_per_img: int = 100, topk_candidates: int = 1000,
                  size_divisibility: int = PAD_MULTIPLE,
                  image_mean: Sequence[float] = (0.485, 0.456, 0.406),
-                 image_std: Sequence[float] = (0.229, 0.224, 0.225)):
+                 image_std: Sequence[float] = (0.229, 0.224, 0.225), panoptic: bool = True):
         if size_divisibility <= 0 or size_divisibility % PAD_MULTIPLE:
             raise ValueError(f"size_divisibility must be a multiple of {PAD_MULTIPLE} (the "
                              f"stride of P5), got {size_divisibility}")
@@ -113,9 +117,14 @@ class SpatialFlow(RetinaNet):
                          detections_per_img=detections_per_img, fg_iou_thresh=0.5,
                          bg_iou_thresh=0.4, topk_candidates=topk_candidates)
         del self.transform  # images arrive resized and batched (spatialflow.data)
-        self.subnets = subnets
-        self.thing_head = ThingHead(channels, num_things, mask_head_channels or channels)
-        self.stuff_head = StuffHead(channels, num_sem_classes, stuff_head_channels)
+        if subnets.panoptic != panoptic:
+            raise ValueError(f"panoptic={panoptic} with sub-networks built for "
+                             f"panoptic={subnets.panoptic}")
+        self.subnets, self.panoptic = subnets, panoptic
+        self.thing_head = self.stuff_head = None
+        if panoptic:
+            self.thing_head = ThingHead(channels, num_things, mask_head_channels or channels)
+            self.stuff_head = StuffHead(channels, num_sem_classes, stuff_head_channels)
         # thing-head training RoIs: a detection is a positive when IoU >= 0.5 with a GT box
         self.mask_roi_matcher = det_utils.Matcher(0.5, 0.5, allow_low_quality_matches=False)
         self.stuff_loss_weight = stuff_loss_weight
@@ -149,12 +158,13 @@ class SpatialFlow(RetinaNet):
     def run_heads(self, images: ImageInput):
         """Backbone, sub-networks, cls / reg / stuff heads and anchors: ``(ImageList, FPN
         features, sub-network outputs, {"cls_logits", "bbox_regression"}, anchors, stuff
-        logits)``."""
+        logits)`` (stuff logits ``None`` for a detector alone)."""
         images, feats, towers = self.features(images)
         head_outputs = {"cls_logits": self.head.classification_head(towers["cls"]),
                         "bbox_regression": self.head.regression_head(towers["reg"])}
         anchors = self.anchor_generator(images, feats)
-        return images, feats, towers, head_outputs, anchors, self.stuff_head(towers["stuff"])
+        stuff = self.stuff_head(towers["stuff"]) if self.panoptic else None
+        return images, feats, towers, head_outputs, anchors, stuff
 
     def detect(self, head_outputs, anchors, features, image_sizes) -> List[Dict[str, torch.Tensor]]:
         """Decode boxes: RetinaNet's post-processing on outputs split per level."""
@@ -196,7 +206,10 @@ class SpatialFlow(RetinaNet):
         no mask of a detection below its ``mask_conf``: with ``mask_score_thresh = mask_conf``
         the thing head skips those detections. With ``dense_masks=False`` the masks come as a
         :class:`~spatialflow.panoptic.BoxMasks` (each inside its box, no zeros around it: what
-        the merge needs, faster to make and to merge)."""
+        the merge needs, faster to make and to merge).
+
+        A detector alone (``panoptic=False``) gives ``{"loss_cls", "loss_reg"}`` in training
+        and ``boxes``, ``scores`` and ``labels`` in eval mode."""
         if self.training and targets is None:
             raise ValueError("targets are needed in training mode")
         images, feats, towers, head_outputs, anchors, stuff_logits = self.run_heads(images)
@@ -205,6 +218,9 @@ class SpatialFlow(RetinaNet):
             ph, pw = images.tensors.shape[-2:]
             targets = [pad_target(t, ph, pw) for t in targets]
             det_losses = self.compute_loss(targets, head_outputs, anchors)
+            if not self.panoptic:  # RetinaNet's loss: L_cls + L_reg
+                return {"loss_cls": det_losses["classification"],
+                        "loss_reg": det_losses["bbox_regression"]}
             with torch.no_grad():
                 detached = {k: v.detach() for k, v in head_outputs.items()}
                 detections = self.detect(detached, anchors, feats, sizes)
@@ -224,6 +240,11 @@ class SpatialFlow(RetinaNet):
                     "loss_stuff": self.stuff_loss_weight * stuff_loss(stuff_logits, sem)}
 
         detections = self.detect(head_outputs, anchors, feats, sizes)
+        if not self.panoptic:
+            if output_sizes is not None:
+                for det, size, out_size in zip(detections, sizes, output_sizes):
+                    det["boxes"] = resize_boxes(det["boxes"], size, tuple(out_size))
+            return detections
         with_mask = [int((d["scores"] >= mask_score_thresh).sum()) for d in detections]
         masks = self.mask_probs(towers["thing"], [d["boxes"][:m] for d, m in zip(detections,
                                                                                   with_mask)],
@@ -252,7 +273,8 @@ class SpatialFlow(RetinaNet):
     def raw_outputs(self, images: ImageInput):
         """Eval-mode pieces before masks are pasted, for test-time augmentation:
         ``(image sizes, thing-tower features, detections, stuff logits)``; detections in the
-        pixels of the (resized) input images, stuff logits at the padded batch size."""
+        pixels of the (resized) input images, stuff logits at the padded batch size (thing
+        features empty and stuff logits ``None`` for a detector alone)."""
         images, feats, towers, head_outputs, anchors, stuff_logits = self.run_heads(images)
         detections = self.detect(head_outputs, anchors, feats, images.image_sizes)
         return images.image_sizes, towers["thing"], detections, stuff_logits
@@ -260,7 +282,7 @@ class SpatialFlow(RetinaNet):
 def build_model(config: Union[Config, ModelConfig],
                 categories: Union[CategoryMap, Sequence[dict]], infer=None,
                 data=None) -> SpatialFlow:
-    """A :class:`SpatialFlow` for ``categories`` (a :class:`CategoryMap`, or the plain COCO
+    """A :class:`SpatialFlow` (the detector alone with ``model.panoptic: false``) for ``categories`` (a :class:`CategoryMap`, or the plain COCO
     category list of a panoptic JSON: ``[{"id", "name", "isthing"}, ...]``) from a
     :class:`Config` (or its ``model`` part plus optional ``infer`` and ``data`` parts: the
     detection thresholds and ``data.size_divisibility``, the padding)."""
@@ -272,7 +294,8 @@ def build_model(config: Union[Config, ModelConfig],
     backbone = build_backbone(m.backbone, m.fpn_channels, m.backbone_norm, m.pretrained,
                               m.freeze_stem)
     subnets = SubNetworks(m.fpn_channels, m.flows, m.subnets, m.cls_stages, m.reg_stages,
-                          m.stuff_stages, m.thing_stages, m.tower_norm, m.dcn, m.dcn_towers)
+                          m.stuff_stages, m.thing_stages, m.tower_norm, m.dcn, m.dcn_towers,
+                          m.panoptic)
     kwargs = {}
     if data is not None:
         kwargs["size_divisibility"] = data.size_divisibility
@@ -283,4 +306,4 @@ def build_model(config: Union[Config, ModelConfig],
                        anchor_sizes=m.anchor_sizes, box_loss=m.box_loss,
                        stuff_loss_weight=m.stuff_loss_weight,
                        stuff_head_channels=m.stuff_head_channels,
-                       mask_head_channels=m.mask_head_channels, **kwargs)
+                       mask_head_channels=m.mask_head_channels, panoptic=m.panoptic, **kwargs)

@@ -11,9 +11,12 @@ and with deformable convolutions (eq 4) the flows steer the offsets instead of b
 ``P_cls[i,j] = phi_dcn(P_cls[i,j-1], psi_offset(P_reg[i,j] + P_cls[i,j-1]))``.
 
 All four towers run on P3-P5; P6 and P7 carry only the cls and reg towers. Without sub-networks
-(the naive baseline of III-A) the thing and stuff heads read P3-P5 directly. With
-``flows.source = "cls"`` (the control of Fig. 4) the cls tower advances first and its features
-flow to the reg, stuff and thing towers instead.
+(the naive baseline of III-A) the thing and stuff heads read P3-P5 directly, and a thing or
+stuff tower of 0 stages (the first rows of Tables VII and VIII) passes ``P_i`` on: no flow
+goes into it, as it has no stage to receive one. With ``flows.source = "cls"`` (the control of
+Fig. 4) the cls tower advances first and its features flow to the reg, stuff and thing towers
+instead. With ``panoptic=False`` only the cls and reg towers (and the reg->cls flow) are built:
+RetinaNet with or without the flow (Table XII).
 """
 
 from __future__ import annotations
@@ -78,15 +81,16 @@ class SubNetworks(nn.Module):
     """The cls, reg, stuff and thing sub-networks with switchable spatial flows.
 
     ``forward(features)`` takes ``[P3, ..., P7]`` and returns ``{"cls": [5 maps], "reg": [5],
-    "stuff": [3], "thing": [3]}``.
+    "stuff": [3], "thing": [3]}`` (``"stuff"`` and ``"thing"`` empty with ``panoptic=False``).
     """
 
     def __init__(self, channels: int, flows: FlowConfig = FlowConfig(), subnets: bool = True,
                  cls_stages: int = 4, reg_stages: int = 4, stuff_stages: int = 4,
                  thing_stages: int = 1, norm: bool = False, dcn: bool = False,
-                 dcn_towers=("cls", "stuff", "thing")):
+                 dcn_towers=("cls", "stuff", "thing"), panoptic: bool = True):
         super().__init__()
-        self.flows, self.subnets = flows, subnets
+        subnets = subnets and panoptic
+        self.flows, self.subnets, self.panoptic = flows, subnets, panoptic
         dcn_on = set(dcn_towers) if dcn else set()
         self.cls_tower = _tower(channels, cls_stages, norm, "cls" in dcn_on)
         self.reg_tower = _tower(channels, reg_stages, norm, False)
@@ -95,7 +99,7 @@ class SubNetworks(nn.Module):
         def flow_convs(target: nn.ModuleList, on: bool) -> Optional[nn.ModuleList]:
             # psi for each stage of ``target`` that has a source stage; none with DCN (the
             # source then only steers the offsets) or when the flow is off
-            if not on:
+            if not on or not len(target):  # off, or a tower of 0 stages
                 return None
             n = min(len(src), len(target))
             if target[0].deformable:
@@ -109,11 +113,12 @@ class SubNetworks(nn.Module):
             self.stuff_tower = _tower(channels, stuff_stages, norm, "stuff" in dcn_on)
             self.thing_tower = _tower(channels, thing_stages, norm, "thing" in dcn_on)
             self.reg_to_stuff = flow_convs(self.stuff_tower, flows.reg_to_stuff)
-            if flows.reg_to_thing and not self.thing_tower[0].deformable:
+            thing = len(self.thing_tower) > 0  # 0 stages: no flow into the thing tower
+            if thing and flows.reg_to_thing and not self.thing_tower[0].deformable:
                 self.reg_to_thing = adaptation_conv(channels)  # psi
-            elif flows.reg_to_thing:
+            elif thing and flows.reg_to_thing:
                 self.reg_to_thing = nn.Identity()
-            if flows.stuff_to_thing:
+            if thing and flows.stuff_to_thing:
                 self.stuff_to_thing = adaptation_conv(channels)  # zeta
 
     @property
@@ -162,6 +167,8 @@ class SubNetworks(nn.Module):
         return out
 
     def _thing(self, p, stuff, src):
+        if not len(self.thing_tower):  # 0 stages: P_i itself
+            return p
         # eq (3): P_thing[i,1] = phi(P_i + zeta(P_stuff[i,last]) + psi(P_reg[i,last]))
         x = p if self.stuff_to_thing is None else p + self.stuff_to_thing(stuff)
         first = self.thing_tower[0]
@@ -178,6 +185,6 @@ class SubNetworks(nn.Module):
     def forward(self, features: List[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
         out: Dict[str, List[torch.Tensor]] = {"cls": [], "reg": [], "stuff": [], "thing": []}
         for i, p in enumerate(features):
-            for k, v in self._level(p, i < SEG_LEVELS).items():
+            for k, v in self._level(p, self.panoptic and i < SEG_LEVELS).items():
                 out[k].append(v)
         return out

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Optional
+from typing import Dict, Iterable, List, Mapping, Optional
 
 import torch
 from torch import nn
@@ -43,6 +43,35 @@ def load_state(module: nn.Module, state, source: str, ignore: Iterable[str] = ()
     if problem:
         raise InputError(f"{source}: weights do not fit the model ({problem})")
     module.load_state_dict(_without(state, ignore), strict=not ignore)
+
+
+def missing_parts(module: nn.Module, state: Mapping[str, torch.Tensor]) -> List[str]:
+    """The parts of ``module`` that ``state`` has no tensor of, each as ``"name (N tensors)"``
+    with ``name`` the module path up to its second level (``"subnets.stuff_tower"``,
+    ``"thing_head"``), in the module's order."""
+    parts: Dict[str, int] = {}
+    for key in module.state_dict():
+        if key not in state:
+            part = ".".join(key.split(".")[:2 if key.startswith("subnets.") else 1])
+            parts[part] = parts.get(part, 0) + 1
+    return [f"{k} ({n} tensors)" for k, n in parts.items()]
+
+
+def load_part(module: nn.Module, state, source: str) -> List[str]:
+    """Load ``state`` into the parts of ``module`` it has (e.g. a detector's weights into a
+    panoptic model of the same backbone): every tensor of ``state`` must fit (same name, same
+    shape), otherwise an :class:`~spatialflow.errors.InputError` naming ``source``; the
+    module's other parts keep their values. Returns :func:`missing_parts`."""
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor)
+                                                 for v in state.values()):
+        raise InputError(f"{source}: not a state_dict (a mapping of names to tensors)")
+    mine = module.state_dict()
+    problem = state_mismatch(module, {**{k: v for k, v in mine.items() if k not in state},
+                                      **state})  # what differs, the missing tensors aside
+    if problem:
+        raise InputError(f"{source}: weights do not fit the model ({problem})")
+    module.load_state_dict(dict(state), strict=False)
+    return missing_parts(module, state)
 
 
 def _without(state: Mapping, prefixes: Iterable[str]) -> dict:
