@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from viz.figures import FIGURES, main
@@ -20,6 +21,14 @@ def test_figures_are_written_from_study_runs(tmp_path, capsys):
     saved = json.loads((out / "figures.json").read_text())
     assert [r["variant"] for r in saved["rows"]] == ["baseline", "+ sub-networks",
                                                      "+ spatial flows", "+ both"]
+    # the flow maps' sentence says what their numbers say
+    flows = json.loads((out / "flow_maps.json").read_text())
+    assert set(flows["shares"]) == {"reg->cls", "reg->stuff", "reg->thing", "stuff->thing"}
+    for name, share in flows["shares"].items():
+        assert f"{name} {100 * share['share']:.0f}% ({share['ratio']:.1f}x)" in flows["sentence"]
+        assert share["ratio"] == pytest.approx(share["share"] / share["area"])
+    area = next(iter(flows["shares"].values()))["area"]
+    assert flows["sentence"].startswith(f"The ground-truth thing boxes cover {100 * area:.0f}%")
     overlay = Image.open(out / "overlay.png")
     assert overlay.height > 2 * 128  # two images, each ground truth | prediction
     assert len(list(study.glob("*/seed0/model_final.pt"))) == 4  # cached for the notebooks

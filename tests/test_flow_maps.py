@@ -94,9 +94,15 @@ def test_box_share_against_box_area():
     text = describe_flow_share(shares)
     assert "cover 25% of this image" in text
     assert "flat 25% (1.0x)" in text and "box 100% (4.0x)" in text and "half 50% (2.0x)" in text
-    assert "box, half put more of their magnitude" in text
-    everywhere = describe_flow_share({"box": shares["box"]})
-    assert "every flow puts more" in everywhere
+    assert text.endswith(": box and half put more of their magnitude on the things than the "
+                         "boxes' area would; flat about as much as their area.")
+    one = describe_flow_share({"box": shares["box"], "off": dict(shares["flat"], ratio=0.4)})
+    assert one.endswith(": box puts more of its magnitude on the things than the boxes' area "
+                        "would; off less.")
+    assert "(1.0x)" in describe_flow_share({"x": dict(shares["flat"], ratio=1.04)})
+    assert "x about as much" in describe_flow_share({"x": dict(shares["flat"], ratio=1.04)})
+    three = describe_flow_share({k: shares["box"] for k in ("a", "b", "c")})
+    assert ": a, b and c put more of their magnitude" in three
     mean = mean_shares([shares, flow_box_share({"flat": flat, "box": _entry([on_box], size),
                                                 "half": _entry([half], size)},
                                                np.array([[0, 0, 32, 32]]), size)])

@@ -29,7 +29,7 @@ from spatialflow.data.coco_panoptic import CocoPanopticDataset
 from spatialflow.engine.predict import to_tensor
 from spatialflow.engine.runs import Predictor
 from spatialflow.studies import (QUICK_OVERRIDES, components_variants, describe_plan, plan_study,
-                                 run_study, variant)
+                                 run_label, run_study, variant)
 from viz.cam import cam_examples, flows_comparison_figure
 from viz.flows import describe_flow_share, flow_box_share, flow_maps, flow_maps_figure, thing_boxes
 from viz.overlay import overlay_figure, prediction_rows
@@ -83,7 +83,7 @@ def make_figures(out, study="runs/studies", base: str = "tiny-cpu",
     image, gt, record = data.load(index)
     if "flow_maps.png" in paths:
         flow_map_picture(predictor, image, record, paths["flow_maps.png"], dpi,
-                         f"after {iters} iterations, seed {seeds[0]}")
+                         f"after {iters} iterations")
     if "cam_pair.png" in paths:
         flows_comparison_figure(to_tensor(image), models, categories, thing, stuff,
                                 ground_truth=(gt, record["segments_info"])
@@ -109,9 +109,9 @@ def flow_map_picture(predictor, image, record: dict, path, dpi: int = 100,
     boxes = thing_boxes(record["segments_info"], predictor.categories)
     shares = flow_box_share(maps, boxes, image.shape[:2])
     sentence = describe_flow_share(shares)
-    title = (f"What each flow adds to its receiving tower (L2 norm over channels), "
-             f"{predictor.run.parent.name if predictor.run else 'model'} {trained}, "
-             f"image {record['image_id']}")
+    model = f"model '{run_label(predictor.run)}'" if predictor.run else "model"
+    title = (f"What each flow adds to its receiving tower (L2 norm over channels), {model} "
+             f"{trained}, image {record['image_id']}")
     fig = flow_maps_figure(tensor, maps, boxes, title=title)
     fig.text(0.5, -0.01, _wrap(sentence), ha="center", va="top", fontsize=9)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")

@@ -158,18 +158,28 @@ def describe_flow_share(shares: Mapping[str, dict]) -> str:
     images = next(iter(shares.values())).get("images", 1)
     where = "this image" if images == 1 else f"these {images} images"
     parts = [f"{name} {100 * s['share']:.0f}% ({s['ratio']:.1f}x)" for name, s in shares.items()]
-    above = [n for n, s in shares.items() if s["ratio"] > 1]
-    if len(above) == len(shares):
-        verdict = "every flow puts more of its magnitude on the things than their area would"
-    elif not above:
-        verdict = "no flow puts more of its magnitude on the things than their area would"
-    else:
-        verdict = (f"{', '.join(above)} put{'s' if len(above) == 1 else ''} more of "
-                   f"{'its' if len(above) == 1 else 'their'} magnitude on the things than "
-                   f"their area would, the others not")
+    # judged as printed: a ratio that rounds to 1.0x is "about as much"
+    groups = {"more": [], "about": [], "less": []}
+    for name, s in shares.items():
+        r = round(s["ratio"], 1)
+        groups["more" if r > 1.0 else "less" if r < 1.0 else "about"].append(name)
+    said = []
+    if groups["more"]:
+        said.append(f"{_names(groups['more'])} put{'s' if len(groups['more']) == 1 else ''} "
+                    f"more of {'its' if len(groups['more']) == 1 else 'their'} magnitude on the "
+                    f"things than the boxes' area would")
+    if groups["about"]:
+        said.append(f"{_names(groups['about'])} about as much as their area")
+    if groups["less"]:
+        said.append(f"{_names(groups['less'])} less")
     return (f"The ground-truth thing boxes cover {100 * area:.0f}% of {where}; the share of "
             f"each flow's magnitude inside them (and that share over their area) is "
-            f"{', '.join(parts)}: {verdict}.")
+            f"{', '.join(parts)}: {'; '.join(said)}.")
+
+
+def _names(names: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def mean_shares(per_image: Sequence[Mapping[str, dict]]) -> Dict[str, dict]:
