@@ -189,7 +189,7 @@ def test_info_counts_the_detector_s_parts():
     assert not any(p in parts for p in ("thing head", "stuff head", "stuff tower", "thing tower"))
 
 
-def test_views_of_segments_refuse_a_detector_with_one_line(data_root):
+def test_views_of_segments_refuse_a_detector_with_one_line(data_root, tmp_path, capsys):
     from spatialflow.data.coco_panoptic import CocoPanopticDataset
     from viz.cam import compute_cam
     from viz.widgets import PanopticExplorer
@@ -202,3 +202,6 @@ def test_views_of_segments_refuse_a_detector_with_one_line(data_root):
     data = CocoPanopticDataset.from_root(data_root, "val")
     with pytest.raises(InputError, match="detector alone"):
         PanopticExplorer(data, det)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--set", DETECTOR]) == 2
+    assert "the demo trains and shows a panoptic model" in capsys.readouterr().err
+    assert not (tmp_path / "demo" / "data").exists()  # refused before any work
