@@ -549,7 +549,7 @@ def describe_differences(rows: Sequence[dict], reference: str,
     whose differences are quoted next to ours, with whether the signs agree as printed (to one
     decimal: a difference that rounds to 0.0 is "one of them zero", never a sign)."""
     labels = {"pq": "PQ", "pq_th": "PQ_Th", "pq_st": "PQ_St", "sq": "SQ", "rq": "RQ",
-              "ap": "box AP"}
+              "ap": "box AP", "ap50": "AP50", "ap75": "AP75"}
     table = {e[by]: e for e in summarize(rows, metrics, by, order)}
     if reference not in table:
         raise ValueError(f"no rows for {by} {reference!r} (have: {list(table)})")

@@ -150,5 +150,5 @@ def test_07_subnetworks_and_detection(studies, tmp_path):
     assert "| 1 | 39.9 | 46.3 | 30.3 |" in text and "| 4 | 40.3 | 46.2 | 31.5 |" in text
     assert "- **stages = 1** vs **stages = 0**: PQ " in text
     assert "| RetinaNet w/ flows | 36.7 | 57.1 | 39.4 |" in text
-    assert "- **RetinaNet w/ flows** vs **RetinaNet**: box AP " in text
+    assert "- **RetinaNet w/ flows** vs **RetinaNet**: box AP " in text and "AP50 " in text
     assert sum(images(nb)) == 3  # one bar chart per study
