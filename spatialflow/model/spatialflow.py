@@ -282,8 +282,9 @@ class SpatialFlow(RetinaNet):
 def build_model(config: Union[Config, ModelConfig],
                 categories: Union[CategoryMap, Sequence[dict]], infer=None,
                 data=None) -> SpatialFlow:
-    """A :class:`SpatialFlow` (the detector alone with ``model.panoptic: false``) for ``categories`` (a :class:`CategoryMap`, or the plain COCO
-    category list of a panoptic JSON: ``[{"id", "name", "isthing"}, ...]``) from a
+    """A :class:`SpatialFlow` (the detector alone with ``model.panoptic: false``) for
+    ``categories`` (a :class:`CategoryMap`, or the plain COCO category list of a panoptic
+    JSON: ``[{"id", "name", "isthing"}, ...]``) from a
     :class:`Config` (or its ``model`` part plus optional ``infer`` and ``data`` parts: the
     detection thresholds and ``data.size_divisibility``, the padding)."""
     if not isinstance(categories, CategoryMap):
