@@ -97,7 +97,8 @@ def stages_variants(tower: str, stages: Sequence[int] = (0, 1, 2, 3, 4)) -> List
         overrides = components_variants()[0].overrides if n == 0 else (
             ("model.subnets=true",) + NO_FLOWS + (f"model.{other}_stages=0",
                                                    f"model.{tower}_stages={n}"))
-        rows.append(Variant(f"{tower} x{n}", overrides, (("stages", int(n)),)))
+        name = f"{n} {tower} stage{'' if n == 1 else 's'}"  # e.g. "1 thing stage"
+        rows.append(Variant(name, overrides, (("stages", int(n)),)))
     return rows
 
 
