@@ -119,6 +119,17 @@ def cmd_bench(args) -> int:
         result["evaluation"]["run"] = str(args.eval_run)
         show("Evaluation (panopticapi PQ + pycocotools box AP)",
              quality.format_evaluation(result["evaluation"]))
+    if args.profile:
+        from spatialflow.benchmark.profile import format_profile, profile_training
+
+        result["profile"] = []
+        for weights in [None, *args.profile_weights]:
+            print(f"profile: tiny-cpu's training step, {weights or 'a fresh model'}",
+                  flush=True)
+            result["profile"].append(profile_training(
+                steps=args.profile_steps, threads=args.threads or 2, weights=weights))
+            show(f"Training step profile ({weights or 'a fresh model'})",
+                 format_profile(result["profile"][-1]))
     if args.training != "none":
         result["conv_rates"], rows = {}, []  # per precision, as the training steps use them
         for label, preset, overrides, size, batch in training.TRAINING:
@@ -445,6 +456,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--eval-run", default=None, metavar="RUN",
                    help="time the evaluation of this trained tiny-cpu run on --eval-images "
                         "fresh synthetic val images (no training)")
+    q.add_argument("--profile", action="store_true",
+                   help="profile tiny-cpu's training step (torch.profiler self time by part "
+                        "of the model and by operator; batch 8 at 128 px, 2 threads)")
+    q.add_argument("--profile-weights", nargs="+", default=[], metavar="RUN",
+                   help="with --profile: also profile the step starting from these runs' "
+                        "weights (a trained model trains its thing head on more RoIs)")
+    q.add_argument("--profile-steps", type=int, default=10,
+                   help="with --profile: iterations profiled, after 3 (default 10)")
     q.add_argument("--no-inference", action="store_true", help="skip the inference tables")
     q.add_argument("--out", default="benchmarks/results",
                    help="folder of bench.json and bench.md (default benchmarks/results)")

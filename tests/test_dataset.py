@@ -304,9 +304,46 @@ def test_synthetic_batches_through_a_dataloader(synthetic_root):
                                          collate_fn=collate_panoptic)
     seen = 0
     for images, targets in loader:
-        assert images.tensors.shape[-1] % 128 == 0 and images.tensors.shape[-2] % 128 == 0
+        assert images.tensors.shape[-1] % 32 == 0 and images.tensors.shape[-2] % 32 == 0
         for (h, w), t in zip(images.image_sizes, targets):
             assert t["size"].tolist() == [h, w] and 80 <= min(h, w) <= 112
             assert t["sem_seg"].shape == images.tensors.shape[-2:]
         seen += len(targets)
     assert seen == len(ds)
+
+
+def test_cache_gives_the_same_items_and_reads_each_file_once(synthetic_root, monkeypatch):
+    """``cache=True``: every item (random transforms included, under the same seed) equals the
+    uncached reader's, dtypes and all; the files are decoded once; what a caller does to an
+    item does not reach the cache."""
+    from spatialflow.data.transforms import build_transforms
+    tf = build_transforms((80, 112), 160, "range")
+    plain = CocoPanopticDataset.from_root(synthetic_root, "train", transforms=tf)
+    cached = CocoPanopticDataset.from_root(synthetic_root, "train", transforms=tf, cache=True)
+    reads = []
+    load = cached.load
+    monkeypatch.setattr(cached, "load", lambda i: reads.append(i) or load(i))
+    for rnd in range(2):
+        for i in range(len(plain)):
+            torch.manual_seed(100 * rnd + i)
+            want_image, want = plain[i]
+            torch.manual_seed(100 * rnd + i)
+            image, got = cached[i]
+            assert torch.equal(image, want_image)
+            assert got.keys() == want.keys()
+            for key, value in want.items():
+                if isinstance(value, torch.Tensor):
+                    assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+                else:
+                    assert got[key] == value, key
+            got["masks"].zero_()
+            got["sem_seg"].fill_(7)
+    assert sorted(reads) == list(range(len(plain)))  # decoded once each
+    assert cached.cache[0][1]["sem_seg"].dtype == torch.uint8  # held compactly
+    raw = CocoPanopticDataset.from_root(synthetic_root, "train", cache=True)
+    first_image, first = raw[0]
+    first_image.zero_()
+    first["sem_seg"].fill_(3)
+    again_image, again = raw[0]
+    assert torch.equal(again_image, plain.decoded(0)[0].float() / 255)
+    assert torch.equal(again["sem_seg"], plain.decoded(0)[1]["sem_seg"])

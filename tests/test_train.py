@@ -39,7 +39,7 @@ def test_mixed_precision_follows_the_device(monkeypatch):
     assert engine.amp_dtype("cuda:0") == torch.float16 and engine.amp_dtype("cuda", False) is None
     monkeypatch.setattr(engine, "cpu_has_bf16", lambda: True)
     assert engine.amp_dtype("cpu") == torch.bfloat16 and engine.amp_dtype("cpu", False) is None
-    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: False)  # emulated bf16 is slower
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: False)  # no AMX: bf16 is slower
     assert engine.amp_dtype("cpu") is None
     with engine.autocast("cpu", torch.bfloat16):
         assert torch.nn.functional.linear(torch.ones(1, 2), torch.ones(3, 2)).dtype == torch.bfloat16

@@ -41,10 +41,14 @@ def _training_child(preset: str, overrides: Sequence[str], size: int, batch: int
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # frozen BN without pretrained weights
         model = build_model(cfg, data.categories).to(device).train()
+    fmt = (torch.channels_last if cfg.train.channels_last and device == "cpu"
+           else torch.contiguous_format)  # as train() does
+    model = model.to(memory_format=fmt)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg)
     images, targets = collate_panoptic(items[:batch], cfg.data.size_divisibility)
     images = images.to(device)
+    images.tensors = images.tensors.contiguous(memory_format=fmt)
     targets = [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
                for t in targets]
 

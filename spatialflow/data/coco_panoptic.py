@@ -201,12 +201,15 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
 
     def __init__(self, image_dir, panoptic_json, panoptic_dir,
                  transforms: Optional[Callable] = None, on_error: str = "raise",
-                 check_files: bool = True):
+                 check_files: bool = True, cache: bool = False):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.image_dir, self.panoptic_dir = Path(image_dir), Path(panoptic_dir)
         self.panoptic_json = Path(panoptic_json)
         self.transforms, self.on_error = transforms, on_error
+        # cache: each item decoded once (image and targets before the transforms), then read
+        # from memory (the process's own: each DataLoader worker holds its own copy)
+        self.cache: Optional[dict] = {} if cache else None
         self.skipped: List[str] = []
         for d, what in ((self.image_dir, "image folder"), (self.panoptic_dir, "panoptic PNG folder")):
             if not d.is_dir():
@@ -350,7 +353,16 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
                                f"(image id {rec['image_id']})")
         return image, pan, rec
 
-    def _read(self, idx: int):
+    def decoded(self, idx: int) -> Tuple[torch.Tensor, dict]:
+        """Item ``idx`` before the transforms: ``(image uint8[3,H,W], target)``; from memory
+        when the data set caches (``cache=True``; ``sem_seg`` is held as uint8 there when its
+        values fit)."""
+        if self.cache is not None and idx in self.cache:
+            img, target = self.cache[idx]
+            img, target = img.clone(), {k: (v.clone() if isinstance(v, torch.Tensor) else v)
+                                        for k, v in target.items()}
+            target["sem_seg"] = target["sem_seg"].to(torch.int64)
+            return img, target
         image, pan, rec = self.load(idx)
         target = panoptic_to_target(pan, rec["segments_info"], self.categories,
                                     source=f"{rec['png_path']} (image id {rec['image_id']})")
@@ -358,7 +370,18 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
         target["file_name"] = str(rec["image_path"])
         target["orig_size"] = torch.tensor(pan.shape, dtype=torch.int64)
         target["size"] = torch.tensor(pan.shape, dtype=torch.int64)
-        img = torch.from_numpy(image).permute(2, 0, 1).to(torch.float32).div_(255.0)
+        img = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+        if self.cache is not None:
+            held = dict(target)
+            if held["sem_seg"].numel() == 0 or int(held["sem_seg"].max()) <= 255:
+                held["sem_seg"] = held["sem_seg"].to(torch.uint8)
+            self.cache[idx] = (img, {k: (v.clone() if isinstance(v, torch.Tensor) else v)
+                                     for k, v in held.items()})
+        return img, target
+
+    def _read(self, idx: int):
+        img, target = self.decoded(idx)
+        img = img.to(torch.float32).div_(255.0)
         if self.transforms is not None:
             img, target = self.transforms(img, target)
         return img, target

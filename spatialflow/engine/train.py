@@ -82,16 +82,17 @@ def build_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bfloat16
-    is emulated and slower than float32."""
-    checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported",
-                                                          "_is_amx_tile_supported"))
-    return any(check() for check in checks if check is not None)
+    """Whether bfloat16 convolutions beat float32 on this CPU: with AMX tiles. With
+    AVX512-BF16 alone they do not: the ``tiny-cpu`` training step took 707 ms in bfloat16 and
+    628 ms in float32 on such a 2-core Xeon (``benchmarks/results/train_profile.md``); with
+    AMX bfloat16 is about 1.3x the float32 step."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check is not None and check())
 
 
 def amp_dtype(device: str, enabled: bool = True) -> Optional[torch.dtype]:
     """The autocast dtype of mixed-precision training (``train.amp``): float16 on CUDA (with
-    loss scaling), bfloat16 on a CPU that computes it natively (:func:`cpu_has_bf16`; on
+    loss scaling), bfloat16 on a CPU where it is faster (AMX: :func:`cpu_has_bf16`; on
     others training stays in float32), ``None`` when off."""
     if not enabled:
         return None
@@ -117,7 +118,7 @@ def build_datasets(cfg: Config, root: Path):
     train_tf = build_transforms(d.min_size, d.max_size, d.size_sample, d.scale_range,
                                 d.crop_size, d.flip)
     train = CocoPanopticDataset.from_root(root, d.train_split, transforms=train_tf,
-                                          on_error=d.on_error)
+                                          on_error=d.on_error, cache=d.cache)
     val = CocoPanopticDataset.from_root(root, d.val_split, on_error=d.on_error)
     return train, val
 
@@ -278,6 +279,11 @@ class _Loop:
         _barrier()
         self.train_ds, self.val_ds = build_datasets(cfg, root)
         model = build_model(cfg, self.train_ds.categories).to(device)
+        # channels_last on a CPU: oneDNN's convolutions and the stem's max-pool without
+        # layout reorders (benchmarks/results/train_profile.md)
+        self.memory_format = (torch.channels_last if t.channels_last and device == "cpu"
+                              else torch.contiguous_format)
+        model = model.to(memory_format=self.memory_format)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, cfg)
         self.sampler = TrainBatches(len(self.train_ds), t.batch_size, t.seed, self.rank,
@@ -350,6 +356,7 @@ class _Loop:
         t, device = self.cfg.train, self.device
         self.skipped += sum(len(x.get("skipped", ())) for x in targets)
         images, targets = images.to(device), _to(targets, device)
+        images.tensors = images.tensors.contiguous(memory_format=self.memory_format)
         with autocast(device, self.dtype):
             losses = {k: v.float() for k, v in self.model(images, targets).items()}
             loss = sum(losses.values())

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.retinanet import RetinaNetHead
-from torchvision.ops import MultiScaleRoIAlign
+
+from spatialflow.model.roi_align import SeparableMultiScaleRoIAlign
 
 
 def detection_head(channels: int, num_anchors: int, num_classes: int,
@@ -33,12 +34,14 @@ def detection_head(channels: int, num_anchors: int, num_classes: int,
 
 class ThingHead(nn.Module):
     """Mask R-CNN's mask head on the thing sub-network: RoIAlign 14x14 on P3-P5 (level chosen by
-    box size), four 3x3 convs + ReLU, a 2x2 stride-2 deconv + ReLU and a 1x1 conv giving 28x28
-    class-specific mask logits."""
+    box size; torchvision's ``MultiScaleRoIAlign``, computed as matrix products on a CPU's
+    small maps: :mod:`spatialflow.model.roi_align`), four 3x3 convs + ReLU, a 2x2 stride-2
+    deconv + ReLU and a 1x1 conv giving 28x28 class-specific mask logits."""
 
     def __init__(self, channels: int, num_classes: int, hidden: int = 256):
         super().__init__()
-        self.roi_align = MultiScaleRoIAlign(["p3", "p4", "p5"], output_size=14, sampling_ratio=2)
+        self.roi_align = SeparableMultiScaleRoIAlign(["p3", "p4", "p5"], output_size=14,
+                                                     sampling_ratio=2)
         self.convs = MaskRCNNHeads(channels, [hidden] * 4, dilation=1)
         self.predictor = MaskRCNNPredictor(hidden, hidden, num_classes)
 

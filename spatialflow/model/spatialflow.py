@@ -226,18 +226,12 @@ class SpatialFlow(RetinaNet):
                 detections = self.detect(detached, anchors, feats, sizes)
             rois, matched = self.mask_rois(detections, targets)
             mask_logits = self.thing_head(towers["thing"], rois, sizes)
-            # Mask R-CNN's mask loss per image, averaged over images (as the other terms), so
-            # that a batch split across processes gives the same gradient
-            per_image = mask_logits.split([len(r) for r in rois])
-            loss_thing = torch.stack([
-                maskrcnn_loss(lg, [r], [t["masks"]], [t["labels"]], [i])
-                for lg, r, t, i in zip(per_image, rois, targets, matched)]).mean()
-            sem = torch.stack([t["sem_seg"] for t in targets])
             # eq (6): L = L_cls + L_reg + L_thing + lambda * L_stuff
             return {"loss_cls": det_losses["classification"],
                     "loss_reg": det_losses["bbox_regression"],
-                    "loss_thing": loss_thing,
-                    "loss_stuff": self.stuff_loss_weight * stuff_loss(stuff_logits, sem)}
+                    "loss_thing": self.thing_loss(mask_logits, rois, matched, targets),
+                    "loss_stuff": self.stuff_loss_weight * self.semantic_loss(stuff_logits,
+                                                                              targets)}
 
         detections = self.detect(head_outputs, anchors, feats, sizes)
         if not self.panoptic:
@@ -262,6 +256,20 @@ class SpatialFlow(RetinaNet):
                 det["masks"] = det["masks"].dense()
             det["sem_seg"] = stuff_map(logits[0])
         return detections
+
+    def thing_loss(self, mask_logits: torch.Tensor, rois: List[torch.Tensor],
+                   matched: List[torch.Tensor], targets: List[Dict]) -> torch.Tensor:
+        """L_thing: Mask R-CNN's mask loss per image (``rois`` and the index of their GT
+        instance, :meth:`mask_rois`), averaged over images as the other terms, so that a batch
+        split across processes gives the same gradient."""
+        per_image = mask_logits.split([len(r) for r in rois])
+        return torch.stack([
+            maskrcnn_loss(lg, [r], [t["masks"]], [t["labels"]], [i])
+            for lg, r, t, i in zip(per_image, rois, targets, matched)]).mean()
+
+    def semantic_loss(self, stuff_logits: torch.Tensor, targets: List[Dict]) -> torch.Tensor:
+        """L_stuff (without lambda): :func:`stuff_loss` against the targets' ``sem_seg``."""
+        return stuff_loss(stuff_logits, torch.stack([t["sem_seg"] for t in targets]))
 
     def mask_probs(self, thing_features, boxes: List[torch.Tensor], labels: List[torch.Tensor],
                    image_sizes) -> List[torch.Tensor]:
