@@ -98,7 +98,7 @@ class DataConfig:
     size_divisibility: int = PAD_MULTIPLE  # images are padded to a multiple of this
     num_workers: int = 2
     # hold the training images decoded in memory after their first read (each loader process
-    # its own copy; about 130 MB for the 2000 synthetic images of 128 px), so later epochs
+    # its own copy; about 290 MB for the 2000 synthetic images of 128 px), so later epochs
     # skip the JPEG / PNG decoding
     cache: bool = False
     on_error: str = "raise"  # or "skip" bad items with a warning

@@ -112,10 +112,25 @@ def peak_rss_mb() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, else kB
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux's ``/proc/cpuinfo``), else what ``platform`` says."""
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def machine_info(device: str = "cpu") -> dict:
-    """What the figures were measured on."""
+    """What the figures were measured on: device, threads, versions, the CPU's model and
+    whether it has AMX (bfloat16 tiles) and AVX512-BF16."""
+    flag = lambda name: bool(getattr(torch.cpu, name, lambda: False)())  # noqa: E731
     info = {"device": device, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(), "python": platform.python_version()}
+            "cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
+            "amx": flag("_is_amx_tile_supported"),
+            "avx512_bf16": flag("_is_avx512_bf16_supported"),
+            "python": platform.python_version()}
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info

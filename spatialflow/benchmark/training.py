@@ -62,7 +62,7 @@ def _training_child(preset: str, overrides: Sequence[str], size: int, batch: int
         optimizer.step()
 
     t = median_time(step, steps, warmup, device)
-    flops = count_flops(step)  # forward + backward (+ the optimizer's few element-wise ops)
+    flops = count_flops(step, model)  # forward + backward (+ the optimizer's element-wise ops)
     peak_gpu = (torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
                 if device.startswith("cuda") else None)
     return {"preset": preset, "overrides": list(overrides), "size": list(images.tensors.shape[-2:]),

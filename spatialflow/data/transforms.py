@@ -131,8 +131,11 @@ def _apply(image, target, image_fn, mask_fn):
 
 
 def resize(image: torch.Tensor, target: dict, size: Tuple[int, int]):
-    """Resize image and target to ``size = (height, width)``."""
+    """Resize image and target to ``size = (height, width)`` (as they are when they have that
+    size already)."""
     size = [int(size[0]), int(size[1])]
+    if list(image.shape[-2:]) == size:
+        return image, target
     return _apply(
         image,
         target,

@@ -12,7 +12,9 @@ What is counted (FlopCounterMode counts a multiply-add as 2 FLOPs):
   added analytically as those of the equivalent plain conv, ``2 * Cin/groups * Cout * kh * kw *
   Hout * Wout`` per image (the bilinear sampling and the modulation are not counted).
 
-Not counted (no FLOP formula in FlopCounterMode): RoIAlign, normalisation layers (GroupNorm,
+Not counted (no FLOP formula in FlopCounterMode, or taken out): RoIAlign (the matrix products
+of its separable form on a CPU, :mod:`spatialflow.model.roi_align`, are subtracted, so the count
+does not depend on the device or the map size), normalisation layers (GroupNorm,
 frozen BatchNorm), ReLU / sigmoid / softmax and other element-wise ops, bilinear upsampling,
 box decoding, NMS and mask pasting. These are small next to the convolutions.
 
@@ -33,7 +35,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from torchvision.ops import DeformConv2d
+from torchvision.ops import DeformConv2d, MultiScaleRoIAlign
 
 
 Size = Union[int, Sequence[int]]
@@ -137,13 +139,30 @@ class FlopCount:
             h.remove()
         self._handles.clear()
 
+    def _roi_align_keys(self) -> List[str]:
+        """The counter's names of ``model``'s RoIAlign modules (their FLOPs are taken out)."""
+        if self.model is None:
+            return []
+        root = type(self.model).__name__
+        return [f"{root}.{n}" for n, m in self.model.named_modules()
+                if isinstance(m, MultiScaleRoIAlign) and n]
+
     @property
     def by_module(self) -> Dict[str, int]:
-        return {k: sum(v.values()) for k, v in self._counter.get_flop_counts().items()}
+        counts = {k: sum(v.values()) for k, v in self._counter.get_flop_counts().items()}
+        for roi in self._roi_align_keys():
+            flops = counts.get(roi, 0)
+            for key in counts:  # the module itself, its parents and "Global"
+                if key == "Global" or roi == key or roi.startswith(key + "."):
+                    counts[key] -= flops
+        return counts
 
     @property
     def total(self) -> int:
-        return self._counter.get_total_flops() + sum(self.deform.values())
+        counted = self._counter.get_total_flops()
+        if self._roi_align_keys():
+            counted = self.by_module.get("Global", counted)
+        return counted + sum(self.deform.values())
 
 
 def count_flops(fn: Callable[[], object], model: Optional[nn.Module] = None) -> int:
