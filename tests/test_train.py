@@ -69,6 +69,46 @@ def test_bfloat16_training_on_cpu(data_root, tmp_path, monkeypatch):
     assert all(isinstance(r["loss_cls"], float) and r["loss"] == r["loss"] for r in records)
 
 
+def test_bfloat16_needs_amx(monkeypatch):
+    """AVX512-BF16 alone does not make bfloat16 the training precision (slower than float32
+    there, docs/training_speed.md); AMX does."""
+    from spatialflow.engine import train as engine
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not engine.cpu_has_bf16() and engine.amp_dtype("cpu") is None
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert engine.cpu_has_bf16() and engine.amp_dtype("cpu") == torch.bfloat16
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_training_memory_format_follows_the_config(data_root, tmp_path, channels_last):
+    """``train.channels_last`` (a CPU): the model's convolutions see channels_last inputs and
+    weights, or plain NCHW ones; the run's saved weights load either way."""
+    import unittest.mock
+
+    formats = []
+
+    def spy(module, args):  # 3x3 and larger kernels on maps of more than a pixel: unambiguous
+        x = args[0]
+        if module.kernel_size[0] > 1 and x.shape[-1] > 1:
+            formats.append((x.is_contiguous(memory_format=torch.channels_last),
+                            module.weight.is_contiguous(memory_format=torch.channels_last)))
+
+    original = torch.nn.Conv2d.__init__
+
+    def hooked(self, *a, **k):
+        original(self, *a, **k)
+        self.register_forward_pre_hook(spy)
+
+    with unittest.mock.patch.object(torch.nn.Conv2d, "__init__", hooked):
+        train(fast(data_root, "train.max_iters=1", f"train.channels_last={channels_last}"),
+              tmp_path / "run", progress=False, evaluate_at_end=False)
+    assert formats and all(f == (channels_last, channels_last) for f in formats[:20])
+    state = load_checkpoint(tmp_path / "run" / "model_final.pt")["model"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
 def test_schedule_and_batches():
     def lrs(warmup):
         opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)

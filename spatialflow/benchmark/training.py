@@ -91,11 +91,14 @@ def training_throughput(preset: str = "tiny-cpu", overrides: Sequence[str] = (),
 
 
 #: a real run's iterations per second over those of :func:`training_throughput`'s step: the
-#: loop also loads data and logs, and the thing head's step grows as detections start to match
-#: ground-truth boxes (measured with tiny-cpu against a 0.26-0.29 s step: the demo, 1400
-#: iterations in 547 s, 0.7; the bench's 10-minute runs 0.63-0.65, which 0.65 stopped short of
-#: their schedules' ends; 0.6 leaves a margin so that a run ends its schedule by its mark)
-LOOP_SHARE = 0.6
+#: loop also reads data, logs and saves checkpoints, and the thing head's step grows as
+#: detections start to match ground-truth boxes. Measured with tiny-cpu on a 2-core Xeon
+#: without AMX (docs/training_speed.md): whole 300-iteration processes took 143-158 s
+#: (0.45-0.50 s an iteration, start-up and evaluation included) against a 0.43-0.47 s probe
+#: step, about 0.95; 0.85 leaves a margin so that a run ends its schedule by its mark. (It
+#: was 0.6 before the step was profiled: the loop then handed batches over from a worker
+#: process and ran RoIAlign's backward on torchvision's kernel, which grow with training.)
+LOOP_SHARE = 0.85
 
 
 #: the training configurations of the benchmark: (label, preset, overrides, size, batch)
