@@ -184,15 +184,29 @@ def cmd_demo(args) -> int:
 
     from spatialflow.config import load_config
     from spatialflow.data.synthetic import format_data_stats, make_synthetic, data_stats
-    from spatialflow.engine.runs import FINAL, FINAL_EVAL, evaluate_run
+    from spatialflow.engine.runs import CONFIG, FINAL, FINAL_EVAL, evaluate_run
     from spatialflow.engine.train import train_or_resume
     from spatialflow.evaluation import format_metrics
 
     t_start = time.perf_counter()
     out = Path(args.out)
     data_dir = (out / "data").resolve()
-    # the preset's own schedule: tiny-cpu's is sized to the demo (about 9 minutes on 2 cores)
-    cfg = load_config(args.preset, list(args.set) + [f"data.root={data_dir}"])
+    run = out / "run"
+    overrides = list(args.set) + [f"data.root={data_dir}"]
+    cfg = load_config(args.preset, overrides)
+    sized = ""
+    if (run / CONFIG).is_file():  # a demo run already there goes on with its own schedule
+        cfg = load_config(run / CONFIG)
+    elif args.minutes and not any(o.startswith("train.max_iters=") for o in args.set):
+        # the schedule sized to the minutes on this machine (warm-up and lr decay included)
+        from spatialflow.benchmark.training import schedule_for_minutes
+
+        print(f"[0/4] timing the training step to size the schedule to {args.minutes:g} "
+              "minutes", flush=True)
+        schedule, rate = schedule_for_minutes(args.preset, overrides, args.minutes)
+        cfg = load_config(args.preset, overrides + schedule)
+        sized = (f" (sized to {args.minutes:g} minutes here: {1 / rate:.2f} s an iteration "
+                 "measured)")
     if not cfg.model.panoptic:
         raise InputError("the demo trains and shows a panoptic model; train a detector alone "
                          "(model.panoptic=false) with `spatialflow train`")
@@ -205,9 +219,8 @@ def cmd_demo(args) -> int:
     print(format_data_stats(data_stats(data_dir)))
     t_data = time.perf_counter()
 
-    run = out / "run"
     print(f"[2/4] training {cfg.name} for {cfg.train.max_iters} iterations of "
-          f"{cfg.train.batch_size} images -> {run}")
+          f"{cfg.train.batch_size} images{sized} -> {run}")
     if (run / FINAL).is_file():
         print("  already trained: using it")
     else:
@@ -475,6 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. train.max_iters=100 data.synthetic.num_train=50")
     q.add_argument("--overlays", type=int, default=4, help="overlay PNGs to write (default 4)")
+    q.add_argument("--minutes", type=float, default=9.0,
+                   help="training time: the schedule is sized to it from a timed step on this "
+                        "machine (default 9; 0: the preset's own schedule; a train.max_iters "
+                        "in --set wins)")
     q.set_defaults(func=cmd_demo)
     return p
 

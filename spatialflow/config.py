@@ -122,12 +122,15 @@ class TrainConfig:
     clip_grad: Optional[float] = None
     # non-finite (NaN / Inf) steps skipped before the run stops with a checkpoint
     max_bad_steps: int = 10
-    # mixed precision: float16 with loss scaling on CUDA; bfloat16 on a CPU with AMX (about
-    # 1.3x the float32 step of tiny-cpu; with AVX512-BF16 alone it is slower than float32);
-    # float32 elsewhere
+    # mixed precision: float16 with loss scaling on CUDA; on a CPU bfloat16 where it is faster
+    # (measured, see cpu_tune; without measuring: with AMX only); float32 elsewhere
     amp: bool = True
-    # on a CPU, train in the channels_last memory format (faster convolutions and max-pool)
+    # on a CPU, allow the channels_last memory format (the default where nothing is measured)
     channels_last: bool = True
+    # on a CPU, a run of 200+ iterations in one process times float32 / bfloat16 (with amp)
+    # and NCHW / channels_last (with channels_last) on its first batch and trains in the
+    # fastest (spatialflow.engine.cpu_step; remembered per machine in ~/.cache/spatialflow)
+    cpu_tune: bool = True
     seed: int = 0
     log_every: int = 20
     eval_every: Optional[int] = None  # iterations; None: at the end

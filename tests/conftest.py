@@ -117,3 +117,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cpu_step_cache(tmp_path_factory):
+    """Runs that measure their CPU step format remember it in a cache of this session, not in
+    the user's ``~/.cache/spatialflow``."""
+    import os
+
+    old = os.environ.get("SPATIALFLOW_CACHE")
+    os.environ["SPATIALFLOW_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("SPATIALFLOW_CACHE", None)
+    else:
+        os.environ["SPATIALFLOW_CACHE"] = old

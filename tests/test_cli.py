@@ -78,6 +78,33 @@ def test_demo_trains_evaluates_and_reports(tmp_path, capsys):
     assert main(args) == 0 and "already trained" in capsys.readouterr().out
 
 
+def test_demo_sizes_its_schedule_to_the_minutes(tmp_path, capsys, monkeypatch):
+    """``demo --minutes M``: train.max_iters = M minutes at the measured rate (the probe's
+    step over LOOP_SHARE); a demo run already there keeps its own schedule."""
+    from spatialflow.benchmark import training
+    from spatialflow.config import load_config
+
+    step_s = []
+    monkeypatch.setattr(training, "training_throughput",
+                        lambda *a, **k: {"step_s": step_s[-1]})
+    step_s.append(training.LOOP_SHARE * 6 / 3.5)  # 6 s at 3.5 iterations a 6 s: 3 iterations
+    args = ["demo", "--out", str(tmp_path / "demo"), "--overlays", "1", "--minutes", "0.1",
+            "--set", "data.synthetic.num_train=4", "data.synthetic.num_val=2",
+            "data.synthetic.size=96", "data.min_size=[96]", "data.max_size=96",
+            "data.test_size=96", "train.batch_size=2", "train.base_batch_size=2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "for 3 iterations of 2 images (sized to 0.1 minutes here: 1.71 s an iteration" in out
+    cfg = load_config(tmp_path / "demo" / "run" / "config.yaml")
+    assert cfg.train.max_iters == 3 and cfg.train.warmup_iters == 0  # a quarter of 3
+    step_s.append(0.001)  # a faster machine later: the run there is kept as it is
+    assert main(args) == 0 and "for 3 iterations of 2 images ->" in capsys.readouterr().out
+    assert training.schedule_for_minutes("tiny-cpu", [], 2, rate=1.5)[0] == [
+        "train.max_iters=180", "train.warmup_iters=45"]
+    assert training.schedule_for_minutes("tiny-cpu", [], 10, rate=1.5)[0][1] == \
+        "train.warmup_iters=50"  # the preset's warm-up, when it is under a quarter
+
+
 def test_entry_point_help_and_usage_errors():
     run = lambda *a: subprocess.run([sys.executable, "-m", "spatialflow.cli", *a],
                                     capture_output=True, text=True)

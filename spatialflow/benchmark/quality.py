@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from spatialflow.benchmark.training import LOOP_SHARE, training_throughput
+from spatialflow.benchmark.training import schedule_for_minutes
 from spatialflow.config import load_config
 from spatialflow.data.coco_panoptic import CocoPanopticDataset
 from spatialflow.data.synthetic import make_synthetic
@@ -52,19 +52,16 @@ def quality_per_minute(out, minutes: Sequence[float] = (1, 2, 5, 10), preset: st
     cfg = load_config(preset, list(overrides))
     root = prepare_data(cfg, out)
     if rate is None:
-        probe = training_throughput(preset, overrides, max(cfg.data.min_size),
-                                    cfg.train.batch_size)
-        rate = LOOP_SHARE / probe["step_s"]
+        rate = schedule_for_minutes(preset, overrides, 1.0)[1]
     runs = []
     for mark in sorted(minutes):
+        schedule = schedule_for_minutes(preset, overrides, mark, rate)[0]
         for seed in seeds:
-            iters = max(1, int(rate * 60 * mark))
             run = out / f"min{mark:g}" / f"seed{seed}"
             rcfg = load_config(preset, [*overrides, f"data.root={root}", f"train.seed={seed}",
-                                        f"train.max_iters={iters}",
-                                        f"train.warmup_iters={min(cfg.train.warmup_iters, iters // 4)}"])
+                                        *schedule])
             done = train_and_evaluate(rcfg, run, 60 * mark, run / "eval", progress)
-            runs.append({"minutes": mark, "seed": seed, "max_iters": iters,
+            runs.append({"minutes": mark, "seed": seed, "max_iters": rcfg.train.max_iters,
                          "iteration": done["iteration"], "train_s": done["train_s"],
                          **metrics_row(done["metrics"])})
     median = []

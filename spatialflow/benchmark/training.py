@@ -13,10 +13,11 @@ import torch
 
 from spatialflow.benchmark.machine import precision_name
 from spatialflow.benchmark.timing import median_time, peak_rss_mb
-from spatialflow.config import load_config
+from spatialflow.config import config_to_dict, load_config
 from spatialflow.data.coco_panoptic import CocoPanopticDataset, collate_panoptic
 from spatialflow.data.synthetic import make_synthetic
 from spatialflow.data.transforms import build_transforms
+from spatialflow.engine.cpu_step import StepFormat, tuned_format
 from spatialflow.engine.train import amp_dtype, autocast, build_optimizer
 from spatialflow.model import build_model
 from spatialflow.model.summary import count_flops
@@ -41,18 +42,23 @@ def _training_child(preset: str, overrides: Sequence[str], size: int, batch: int
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # frozen BN without pretrained weights
         model = build_model(cfg, data.categories).to(device).train()
-    fmt = (torch.channels_last if cfg.train.channels_last and device == "cpu"
-           else torch.contiguous_format)  # as train() does
-    model = model.to(memory_format=fmt)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, cfg)
     images, targets = collate_panoptic(items[:batch], cfg.data.size_divisibility)
     images = images.to(device)
-    images.tensors = images.tensors.contiguous(memory_format=fmt)
     targets = [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
                for t in targets]
-
-    dtype = amp_dtype(device, cfg.train.amp)  # as train() does
+    dtype, fmt = amp_dtype(device, cfg.train.amp), torch.contiguous_format  # as train() does
+    if device == "cpu":
+        if cfg.train.cpu_tune:  # the format a long run measures (or remembers) and trains in
+            step_format, _ = tuned_format(model, images, targets,
+                                          config_to_dict(cfg)["model"], cfg.train.amp,
+                                          cfg.train.channels_last)
+        else:
+            step_format = StepFormat(dtype, cfg.train.channels_last)
+        dtype, fmt = step_format.dtype, step_format.memory_format
+    model = model.to(memory_format=fmt)
+    images.tensors = images.tensors.contiguous(memory_format=fmt)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, cfg)
 
     def step():
         with autocast(device, dtype):
@@ -99,6 +105,23 @@ def training_throughput(preset: str = "tiny-cpu", overrides: Sequence[str] = (),
 #: was 0.6 before the step was profiled: the loop then handed batches over from a worker
 #: process and ran RoIAlign's backward on torchvision's kernel, which grow with training.)
 LOOP_SHARE = 0.85
+
+
+def schedule_for_minutes(preset: str, overrides: Sequence[str], minutes: float,
+                         rate: Optional[float] = None) -> tuple:
+    """Config overrides that size ``preset``'s schedule to ``minutes`` of training on this
+    machine, so that its warm-up and lr decay fit in the time: ``train.max_iters`` = the
+    minutes times ``rate`` (iterations per second; by default :func:`training_throughput`'s
+    step of the preset at its own size and batch, times :data:`LOOP_SHARE`), the warm-up at
+    most a quarter of it. Returns ``(overrides, rate)``."""
+    cfg = load_config(preset, list(overrides))
+    if rate is None:
+        probe = training_throughput(preset, overrides, max(cfg.data.min_size),
+                                    cfg.train.batch_size)
+        rate = LOOP_SHARE / probe["step_s"]
+    iters = max(1, int(rate * 60 * minutes))
+    return ([f"train.max_iters={iters}",
+             f"train.warmup_iters={min(cfg.train.warmup_iters, iters // 4)}"], rate)
 
 
 #: the training configurations of the benchmark: (label, preset, overrides, size, batch)

@@ -36,6 +36,8 @@ from spatialflow.config import Config, config_from_dict, config_to_dict, load_co
 from spatialflow.data.coco_panoptic import CocoPanopticDataset, collate_panoptic
 from spatialflow.data.sampling import SeededItems, TrainBatches
 from spatialflow.data.transforms import build_transforms
+from spatialflow.engine.cpu_step import (TUNE_MIN_ITERS, StepFormat, cpu_has_amx, describe,
+                                         tuned_format)
 from spatialflow.engine.faults import (StopSignals, agree, grads_finite, ignore_stop_signals,
                                        nonfinite_terms, params_finite)
 from spatialflow.engine.runs import (CHECKPOINT, CONFIG, FINAL, LOG, Predictor, RunLock,
@@ -82,18 +84,18 @@ def build_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether bfloat16 convolutions beat float32 on this CPU: with AMX tiles. With
-    AVX512-BF16 alone they do not: the ``tiny-cpu`` training step took 707 ms in bfloat16 and
-    628 ms in float32 on such a 2-core Xeon (``benchmarks/results/train_profile.md``); with
-    AMX bfloat16 is about 1.3x the float32 step."""
-    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(check is not None and check())
+    """Whether bfloat16 is a CPU run's precision without measuring (``train.cpu_tune``
+    off or a short run): with AMX tiles (about 1.3x the float32 step of ``tiny-cpu``). Other
+    CPUs differ (AVX512-BF16 made it slower on one Xeon, faster on an AMD EPYC): a long run
+    measures instead (:mod:`spatialflow.engine.cpu_step`)."""
+    return cpu_has_amx()
 
 
 def amp_dtype(device: str, enabled: bool = True) -> Optional[torch.dtype]:
-    """The autocast dtype of mixed-precision training (``train.amp``): float16 on CUDA (with
-    loss scaling), bfloat16 on a CPU where it is faster (AMX: :func:`cpu_has_bf16`; on
-    others training stays in float32), ``None`` when off."""
+    """The autocast dtype of mixed-precision training (``train.amp``) before any measurement:
+    float16 on CUDA (with loss scaling), bfloat16 on a CPU with AMX (:func:`cpu_has_bf16`;
+    float32 on others unless :func:`~spatialflow.engine.cpu_step.tuned_format` picks
+    bfloat16), ``None`` when off."""
     if not enabled:
         return None
     if device.startswith("cuda"):
@@ -279,31 +281,31 @@ class _Loop:
         _barrier()
         self.train_ds, self.val_ds = build_datasets(cfg, root)
         model = build_model(cfg, self.train_ds.categories).to(device)
-        # channels_last on a CPU: oneDNN's convolutions and the stem's max-pool without
-        # layout reorders (benchmarks/results/train_profile.md)
-        self.memory_format = (torch.channels_last if t.channels_last and device == "cpu"
-                              else torch.contiguous_format)
-        model = model.to(memory_format=self.memory_format)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(self.params, cfg)
         self.sampler = TrainBatches(len(self.train_ds), t.batch_size, t.seed, self.rank,
                                     self.world)
         self.total = t.max_iters or t.epochs * self.sampler.per_epoch
+        self.it = int(state["iteration"]) if state is not None else 0
+        self.dtype = amp_dtype(device, t.amp)
+        self.memory_format, self.cpu_step = torch.contiguous_format, None
+        if device == "cpu":  # float32 or bfloat16, NCHW or channels_last: the fastest here
+            fmt = self._cpu_format(model, state, progress)
+            self.dtype, self.memory_format, self.cpu_step = fmt.dtype, fmt.memory_format, fmt.name
+        model = model.to(memory_format=self.memory_format)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.params, cfg)
         milestones = [int(round(m * self.total)) for m in t.milestones]
         self.scheduler = lr_scheduler(self.optimizer, min(t.warmup_iters, self.total),
                                       milestones)
-        self.dtype = amp_dtype(device, t.amp)
         # loss scaling: float16 only (bfloat16 has float32's range)
         self.use_scaler = self.dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
-        self.it, self.bad_steps, self.skipped = 0, 0, 0
+        self.bad_steps, self.skipped = 0, 0
         if state is not None:
             model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["rng"]["torch"])
-            self.it = int(state["iteration"])
             self.bad_steps = int(state.get("bad_steps", 0))
         if self.world > 1:
             model = torch.nn.parallel.DistributedDataParallel(
@@ -314,6 +316,28 @@ class _Loop:
                         disable=not progress or self.rank != 0, dynamic_ncols=True)
         self.tick = time.perf_counter()
         model.train()
+
+    def _cpu_format(self, model, state: Optional[dict], progress: bool) -> StepFormat:
+        """The CPU step's precision and memory format: a resumed run's own (kept in its
+        checkpoint); else, for a run of at least ``TUNE_MIN_ITERS`` iterations in one process
+        with ``train.cpu_tune``, the fastest on the first batch
+        (:func:`~spatialflow.engine.cpu_step.tuned_format`); else bfloat16 with AMX only and
+        the memory format of ``train.channels_last``."""
+        t = self.cfg.train
+        if state is not None and state.get("cpu_step"):
+            return StepFormat.from_name(state["cpu_step"])
+        if state is not None or not (t.cpu_tune and self.world == 1 and self.total >= TUNE_MIN_ITERS):
+            return StepFormat(self.dtype, t.channels_last)
+        self.sampler.start = self.it
+        keys = next(iter(self.sampler))
+        items = SeededItems(self.train_ds, t.seed)
+        images, targets = collate_panoptic([items[k] for k in keys],
+                                           size_divisibility=self.cfg.data.size_divisibility)
+        fmt, info = tuned_format(model, images, targets, config_to_dict(self.cfg)["model"],
+                                 t.amp, t.channels_last)
+        if progress and self.rank == 0:
+            print(describe(info), flush=True)
+        return fmt
 
     def _open_folder(self, config, resume: bool) -> Optional[dict]:
         """Resume: the checkpoint (its config becomes the run's), with what a kill left behind
@@ -445,7 +469,7 @@ class _Loop:
                           f"hold NaN / Inf", RuntimeWarning, stacklevel=2)
             return False
         save_checkpoint(self.run / CHECKPOINT, {
-            "bad_steps": self.bad_steps,
+            "bad_steps": self.bad_steps, "cpu_step": self.cpu_step,
             "model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "iteration": it, "epoch": it // self.sampler.per_epoch,
