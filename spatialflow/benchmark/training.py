@@ -96,29 +96,35 @@ def training_throughput(preset: str = "tiny-cpu", overrides: Sequence[str] = (),
     return max(rows, key=lambda r: r["step_s"])
 
 
-#: a real run's iterations per second over those of :func:`training_throughput`'s step: the
-#: loop also reads data, logs and saves checkpoints, and the thing head's step grows as
-#: detections start to match ground-truth boxes. Measured with tiny-cpu on a 2-core Xeon
-#: without AMX (docs/training_speed.md): whole 300-iteration processes took 143-158 s
-#: (0.45-0.50 s an iteration, start-up and evaluation included) against a 0.43-0.47 s probe
-#: step, about 0.95; 0.85 leaves a margin so that a run ends its schedule by its mark. (It
-#: was 0.6 before the step was profiled: the loop then handed batches over from a worker
-#: process and ran RoIAlign's backward on torchvision's kernel, which grow with training.)
-LOOP_SHARE = 0.85
+#: a real run's iterations per second over those of :func:`schedule_for_minutes`'s probe (the
+#: fastest of :data:`PROBES` fresh processes' median step): the loop also reads data, logs and
+#: saves checkpoints, and the thing head's step grows as detections start to match
+#: ground-truth boxes. Measured with tiny-cpu: on a 2-core Xeon without AMX whole 300-iteration
+#: processes ran at about 0.95 of a 0.43-0.47 s probe step; on a 2-core AMD EPYC a 3152-iteration
+#: demo ran at 0.199 s an iteration and 3118-iteration runs at 0.184-0.193 s, against a probe of
+#: 0.148-0.152 s (a single fresh process measured 0.15-0.19 s there, hence the fastest of two):
+#: 0.75-0.82. 0.78 sizes a long run to about its mark. (It was 0.6 before the step was
+#: profiled: the loop then handed batches over from a worker process and ran RoIAlign's
+#: backward on torchvision's kernel, which grow with training.)
+LOOP_SHARE = 0.78
+#: the probe of :func:`schedule_for_minutes`: the fastest of this many fresh processes, each the
+#: median of ``PROBE_STEPS`` steps after ``PROBE_WARMUP`` warm-up steps
+PROBES, PROBE_STEPS, PROBE_WARMUP = 2, 10, 3
 
 
 def schedule_for_minutes(preset: str, overrides: Sequence[str], minutes: float,
                          rate: Optional[float] = None) -> tuple:
     """Config overrides that size ``preset``'s schedule to ``minutes`` of training on this
     machine, so that its warm-up and lr decay fit in the time: ``train.max_iters`` = the
-    minutes times ``rate`` (iterations per second; by default :func:`training_throughput`'s
-    step of the preset at its own size and batch, times :data:`LOOP_SHARE`), the warm-up at
-    most a quarter of it. Returns ``(overrides, rate)``."""
+    minutes times ``rate`` (iterations per second; by default :data:`LOOP_SHARE` over the
+    fastest of :data:`PROBES` :func:`training_throughput` steps of the preset at its own size
+    and batch), the warm-up at most a quarter of it. Returns ``(overrides, rate)``."""
     cfg = load_config(preset, list(overrides))
     if rate is None:
-        probe = training_throughput(preset, overrides, max(cfg.data.min_size),
-                                    cfg.train.batch_size)
-        rate = LOOP_SHARE / probe["step_s"]
+        step = min(training_throughput(preset, overrides, max(cfg.data.min_size),
+                                       cfg.train.batch_size, steps=PROBE_STEPS,
+                                       warmup=PROBE_WARMUP)["step_s"] for _ in range(PROBES))
+        rate = LOOP_SHARE / step
     iters = max(1, int(rate * 60 * minutes))
     return ([f"train.max_iters={iters}",
              f"train.warmup_iters={min(cfg.train.warmup_iters, iters // 4)}"], rate)
