@@ -127,3 +127,20 @@ def test_pairing_gain_decomposes_the_variance():
     assert g["sd_diff"] < g["sd_unpaired"] / 3 and g["n"] == 8
     with pytest.raises(ValueError, match="at least 3"):
         pairing_gain(paired(rows_of(ref[:2], var[:2]), "new", "base", "pq_th"))
+
+
+def test_noise_summaries():
+    from spatialflow.studies.noise import evaluation_noise, seed_noise
+
+    scored = [{"variant": v, "val_set": k, "images": 100, "pq": 20.0 + k + (1 if v == "b" else 0)}
+              for k in range(4) for v in ("a", "b")]
+    e = evaluation_noise(scored, ("pq",), "a", "b")["100"]["pq"]
+    assert e["sets"] == 4 and e["sd_diff"] == 0.0  # the shared scoring noise leaves it
+    assert e["sd_reference"] == pytest.approx(np.std(range(4), ddof=1))
+    rows = rows_of([20.0, 22.0, 21.0, 23.0], [21.0, 23.5, 21.5, 24.0], "b", "pq")
+    g = seed_noise([dict(r, variant="a") if r["variant"] == "base" else r for r in rows],
+                   ("pq",), "a", "b")["pq"]
+    diffs = [1.0, 1.5, 0.5, 1.0]
+    assert g["sd_diff"] == pytest.approx(np.std(diffs, ddof=1)) and g["n"] == 4
+    assert g["half_width"] == pytest.approx(half_width(np.std(diffs, ddof=1), 4))
+    assert g["seeds_paired"] == seeds_for(g["sd_diff"], 1.0) <= g["seeds_unpaired"]
