@@ -201,6 +201,24 @@ class LiveCurves:
 
 
 # --- studies: rows of results ------------------------------------------------------------------
+def _grouped_axes(groups: int, metrics: int, min_width: float = 5.0):
+    """A figure for grouped bars (``groups`` groups of ``metrics`` bars), at least
+    ``min_width`` inches wide: ``(fig, ax, the x positions of each metric's bars, the bar
+    width)``."""
+    fig = Figure(figsize=(max(min_width, 1.5 + groups * (0.4 + 0.3 * metrics)), 3.8),
+                 layout="constrained")
+    x = np.arange(groups)
+    width = 0.8 / max(1, metrics)
+    return fig, fig.subplots(), [x + (k - (metrics - 1) / 2) * width for k in range(metrics)], width
+
+
+def _group_ticks(ax, names: Sequence[str]) -> None:
+    """The groups' names under their bars, slanted when there are more than four."""
+    many = len(names) > 4
+    ax.set_xticks(np.arange(len(names)), names, rotation=20 if many else 0,
+                  ha="right" if many else "center")
+
+
 def ablation_bars(rows: Sequence[dict], metrics: Sequence[str] = ("pq", "pq_th", "pq_st"),
                   order: Optional[Sequence[str]] = None, error: str = "std",
                   title: Optional[str] = None, ylabel: str = "PQ",
@@ -219,11 +237,7 @@ def ablation_bars(rows: Sequence[dict], metrics: Sequence[str] = ("pq", "pq_th",
         raise ValueError(f"error must be 'std' or 'minmax', got {error!r}")
     summary = summarize(rows, metrics, "variant", order)
     labels = {**METRIC_LABELS, **(labels or {})}
-    fig = Figure(figsize=(max(5.0, 1.5 + len(summary) * (0.4 + 0.3 * len(metrics))), 3.8),
-                 layout="constrained")
-    ax = fig.subplots()
-    x = np.arange(len(summary))
-    width = 0.8 / max(1, len(metrics))
+    fig, ax, positions, width = _grouped_axes(len(summary), len(metrics))
     n = sorted({s[m]["n"] for s in summary for m in metrics})
     spread = n[-1] > 1
     for k, m in enumerate(metrics):
@@ -235,10 +249,8 @@ def ablation_bars(rows: Sequence[dict], metrics: Sequence[str] = ("pq", "pq_th",
         else:
             yerr = np.array([[s[m]["mean"] - s[m]["min"] for s in summary],
                              [s[m]["max"] - s[m]["mean"] for s in summary]])
-        ax.bar(x + (k - (len(metrics) - 1) / 2) * width, means, width, yerr=yerr, capsize=3,
-               label=labels.get(m, m))
-    ax.set_xticks(x, [str(s["variant"]) for s in summary],
-                  rotation=20 if len(summary) > 4 else 0, ha="right" if len(summary) > 4 else "center")
+        ax.bar(positions[k], means, width, yerr=yerr, capsize=3, label=labels.get(m, m))
+    _group_ticks(ax, [str(s["variant"]) for s in summary])
     runs = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
     what = (f"mean over {runs} seeds per bar, error bars: "
             f"{'± sample std' if error == 'std' else 'min to max run'}" if spread
@@ -266,20 +278,18 @@ def difference_bars(comparison: Sequence[dict], metrics: Sequence[str] = ("pq", 
     if not comparison:
         raise ValueError("no compared variants (a study of the reference alone)")
     labels = {**METRIC_LABELS, **(labels or {})}
-    fig = Figure(figsize=(max(5.0, 1.5 + len(comparison) * (0.4 + 0.3 * len(metrics))), 3.8),
-                 layout="constrained")
-    ax = fig.subplots()
-    x = np.arange(len(comparison))
-    width = 0.8 / max(1, len(metrics))
+    # wide enough for the title's line on the interval and the legend beside the axes
+    fig, ax, positions, width = _grouped_axes(len(comparison), len(metrics), 7.5)
     paper_drawn = False
-    for k, m in enumerate(metrics):
-        pos = x + (k - (len(metrics) - 1) / 2) * width
+    for m, pos in zip(metrics, positions):
         diffs = np.array([e[m]["diff"] for e in comparison], dtype=float)
         low = np.array([e[m]["ci_low"] for e in comparison], dtype=float)
         high = np.array([e[m]["ci_high"] for e in comparison], dtype=float)
-        yerr = np.nan_to_num(np.array([diffs - low, high - diffs]), nan=0.0)
         ax.bar(pos, np.nan_to_num(diffs), width, label=labels.get(m, m))
-        ax.errorbar(pos, np.nan_to_num(diffs), yerr=yerr, fmt="none", capsize=3, color="0.2")
+        known = np.isfinite(low) & np.isfinite(high)  # one seed: no interval, no error bar
+        if known.any():
+            yerr = np.array([diffs - low, high - diffs])[:, known]
+            ax.errorbar(pos[known], diffs[known], yerr=yerr, fmt="none", capsize=3, color="0.2")
         paper = np.array([np.nan if e[m]["paper"] is None else e[m]["paper"]
                           for e in comparison], dtype=float)
         if np.isfinite(paper).any():
@@ -287,9 +297,7 @@ def difference_bars(comparison: Sequence[dict], metrics: Sequence[str] = ("pq", 
                        label=None if paper_drawn else "paper's difference")
             paper_drawn = True
     ax.axhline(0, color="0.3", linewidth=0.8)
-    ax.set_xticks(x, [str(e[by]) for e in comparison],
-                  rotation=20 if len(comparison) > 4 else 0,
-                  ha="right" if len(comparison) > 4 else "center")
+    _group_ticks(ax, [str(e[by]) for e in comparison])
     refs = sorted({str(e["reference"]) for e in comparison})
     n = sorted({e[m]["n"] for e in comparison for m in metrics})
     if n[-1] > 1:
@@ -298,7 +306,7 @@ def difference_bars(comparison: Sequence[dict], metrics: Sequence[str] = ("pq", 
     else:
         what = f"difference to {' / '.join(refs)}, one seed: no interval"
     ax.set(xlabel=by, ylabel=ylabel, title=f"{title}\n{what}" if title else what)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import List, Mapping, Optional, Sequence, Union
 
-from spatialflow.studies import (describe_comparison, format_comparison, format_table,
-                                 study_record, summarize)
+from spatialflow.studies import (compare, describe_comparison, format_comparison,
+                                 format_table, study_record, summarize)
 from viz.plots import difference_bars
 
 #: the paper's rows of one study: a table (COCO val) or ``{data set: rows}``
@@ -25,8 +25,12 @@ def study_parts(name: str, rows: Sequence[dict], reference, paper: Paper = None,
     keyed by (``"variant"``; ``"stages"`` for Tables VII and VIII), ``reference`` its value
     in the reference row."""
     tables = _tables(paper)
-    first = next(iter(tables.values()), None)
-    comparison = study_record(rows, reference, metrics, by, paper=first)["rows"]
+    comparison = compare(rows, reference, metrics, by, next(iter(tables.values()), None))
+    return _parts(name, comparison, rows, reference, tables, metrics, by, ylabel)
+
+
+def _parts(name, comparison, rows, reference, tables, metrics, by, ylabel) -> List:
+    """:func:`study_parts` of a study's :func:`~spatialflow.studies.compare`."""
     seeds = max((e[m]["n"] for e in comparison for m in metrics), default=0)
     note = "" if len(tables) < 2 else f"; the paper's differences are those of {next(iter(tables))}"
     parts = [f"**{name}, measured**: each variant minus {reference} with the same seed, mean and "
@@ -55,9 +59,11 @@ def show_study(name: str, rows: Sequence[dict], reference, paper: Paper = None,
     the study's :func:`~spatialflow.studies.statistics.study_record`, what its JSON keeps."""
     from IPython.display import Markdown, display
 
-    for part in study_parts(name, rows, reference, paper, metrics, by, ylabel):
+    tables = _tables(paper)
+    record = study_record(rows, reference, metrics, by, next(iter(tables.values()), None))
+    for part in _parts(name, record["rows"], rows, reference, tables, metrics, by, ylabel):
         display(Markdown(part) if isinstance(part, str) else part)
-    return study_record(rows, reference, metrics, by, next(iter(_tables(paper).values()), None))
+    return record
 
 
 def _tables(paper: Paper) -> dict:

@@ -146,9 +146,11 @@ def describe_comparison(comparison: Sequence[dict], metrics: Sequence[str] = ("p
     the paper's difference beside it and whether our interval holds it, e.g. ``- **+ both** vs
     **baseline** (3 seeds, paired): PQ higher by 1.3 (95% CI 0.4 to 2.2; paper +1.2, inside
     the CI); ...``."""
+    def label(value) -> str:
+        return str(value) if by == "variant" else f"{by} = {value}"
+
     lines = []
     for e in comparison:
-        label = (lambda v: str(v)) if by == "variant" else (lambda v: f"{by} = {v}")
         n = max(e[m]["n"] for m in metrics)
         parts = []
         for m in metrics:
