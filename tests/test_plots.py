@@ -261,6 +261,10 @@ def test_study_parts_differences_chart_sentences_means_and_paper():
                                "(95% CI 0.5 to 5.5; paper +1.2, inside the CI)")
     assert "PQ_Th no difference detectable: the 95% CI 0.0 to 0.0 includes 0 (paper +0.8, " \
         "outside the CI)" in parts[2]  # no spread: the interval is the point 0 itself
+    assert parts[2].endswith("Precision reached: the widest 95% half-width is ±2.5 PQ, ±0.0 "
+                             "PQ_Th, ±0.0 PQ_St.")
+    assert study_parts("x", rows, "baseline", target=1.0)[2].endswith(
+        "; wider than ±1.0 for PQ: more seeds would narrow it.")
     assert parts[3].startswith("**Table V, measured means**")
     assert "| baseline | 3 | 11.0 | 1.0 | 20.0 |" in parts[3]
     assert "| + sub-networks | 40.3 | 46.2 | 31.4 |" in parts[4]

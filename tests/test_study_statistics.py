@@ -144,3 +144,71 @@ def test_noise_summaries():
     assert g["sd_diff"] == pytest.approx(np.std(diffs, ddof=1)) and g["n"] == 4
     assert g["half_width"] == pytest.approx(half_width(np.std(diffs, ddof=1), 4))
     assert g["seeds_paired"] == seeds_for(g["sd_diff"], 1.0) <= g["seeds_unpaired"]
+
+
+def test_precision_before_and_after():
+    from spatialflow.studies.planning import (describe_precision, describe_reached,
+                                              expected_precision, reached_precision)
+
+    noise = {"command": "python benchmarks/study_noise.py", "iters": 500, "val_images": 500,
+             "machine": "a test CPU", "sd_diff": {"pq": 1.0, "pq_th": 2.0}}
+    hw = expected_precision(7, noise, ("pq", "pq_th", "pq_st"))
+    assert hw["pq"] == pytest.approx(half_width(1.0, 7)) and hw["pq_th"] == pytest.approx(
+        2 * hw["pq"]) and math.isnan(hw["pq_st"])
+    text = describe_precision(7, noise, ("pq", "pq_th"))
+    assert f"±{hw['pq']:.1f} PQ, ±{hw['pq_th']:.1f} PQ_Th" in text and "7 paired seeds" in text
+    assert "too small to conclude" in describe_precision(1, noise)
+    assert "Reaching" not in describe_precision(7, noise, ("pq",), target=1.0)
+    missed = describe_precision(7, noise, ("pq", "pq_th"), target=1.0)
+    assert missed.endswith(f"Reaching ±1.0 would take {seeds_for(2.0, 1.0)} seeds for PQ_Th "
+                           "at this spread.")
+    ref, a, b = [20.0, 22.0, 21.0], [21.0, 23.5, 21.5], [22.0, 22.0, 22.0]
+    rows = rows_of(ref, a, "a") + rows_of(ref, b, "b")[3:]
+    cmp_ = compare(rows, "base", ("pq_th",))
+    widths = [(c["pq_th"]["ci_high"] - c["pq_th"]["ci_low"]) / 2 for c in cmp_]
+    assert reached_precision(cmp_, ("pq_th",))["pq_th"] == pytest.approx(max(widths))
+    said = describe_reached(cmp_, ("pq_th",), target=1.0)
+    assert f"±{max(widths):.1f} PQ_Th" in said and "wider than ±1.0 for PQ_Th" in said
+    assert "at most ±100.0" in describe_reached(cmp_, ("pq_th",), target=100.0)
+    one = compare(rows_of([1.0], [2.0]), "base", ("pq_th",))
+    assert "too small to conclude" in describe_reached(one, ("pq_th",))
+
+
+def test_packaged_noise_per_run_length(tmp_path):
+    from spatialflow.studies.planning import measured_noise, package_noise
+
+    def result(iters, sd):
+        return {"command": f"c{iters}", "iters": iters, "val_images": 500, "seeds": [0, 1],
+                "machine": {"cpu_model": "CPU", "amx": False},
+                "seed": {"pq_th": {"sd_diff": sd, "n": 2}}}
+
+    path = tmp_path / "noise.json"
+    package_noise(result(1000, 1.5), path)
+    package_noise(result(500, 2.5), path)
+    package_noise(result(1000, 1.7), path)  # replaces the first
+    found = [(m["iters"], m["sd_diff"]["pq_th"]) for m in
+             __import__("json").loads(path.read_text())["measurements"]]
+    assert found == [(500, 2.5), (1000, 1.7)]
+    assert measured_noise(400, path)["iters"] == 500 and measured_noise(800, path)["iters"] == 1000
+    assert measured_noise(750, path)["iters"] == 1000 and measured_noise(None, path)["iters"] == 1000
+    assert measured_noise(500, path)["machine"] == "CPU, AMX False"
+
+
+def test_the_packaged_noise_is_the_benchmarks():
+    """Each packaged measurement is the seed noise of the result its command wrote."""
+    import json
+    import shlex
+    from pathlib import Path
+
+    from spatialflow.studies.planning import MEASURED_NOISE
+
+    found = json.loads(MEASURED_NOISE.read_text())["measurements"]
+    assert found
+    for noise in found:
+        words = shlex.split(noise["command"])
+        out = words[words.index("--out") + 1]
+        result = json.loads((Path(__file__).parents[1] / f"{out}.json").read_text())
+        assert noise["command"] == result["command"] and noise["iters"] == result["iters"]
+        assert noise["seeds"] == len(result["seeds"]) and noise["val_images"] == result["val_images"]
+        for m, sd in noise["sd_diff"].items():
+            assert sd == pytest.approx(result["seed"][m]["sd_diff"])

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import List, Mapping, Optional, Sequence, Union
 
-from spatialflow.studies import (compare, describe_comparison, format_comparison,
-                                 format_table, study_record, summarize)
+from spatialflow.studies import (compare, describe_comparison, describe_reached,
+                                 format_comparison, format_table, study_record, summarize)
 from viz.plots import difference_bars
 
 #: the paper's rows of one study: a table (COCO val) or ``{data set: rows}``
@@ -17,19 +17,20 @@ Paper = Union[None, Sequence[dict], Mapping[str, Sequence[dict]]]
 
 def study_parts(name: str, rows: Sequence[dict], reference, paper: Paper = None,
                 metrics: Sequence[str] = ("pq", "pq_th", "pq_st"), by: str = "variant",
-                ylabel: str = "PQ") -> List:
+                ylabel: str = "PQ", target: Optional[float] = None) -> List:
     """The parts of :func:`show_study`, in order: markdown strings and one matplotlib figure
     (variants in the order of their first row). ``paper``: the paper's rows of this study,
     COCO val, or ``{"COCO val": rows, "Cityscapes val": rows}``, each shown as a table; the
     sentences quote the first. ``by``: the key the study varies and the paper's rows are
     keyed by (``"variant"``; ``"stages"`` for Tables VII and VIII), ``reference`` its value
-    in the reference row."""
+    in the reference row. The sentences end with the precision reached
+    (:func:`~spatialflow.studies.describe_reached`; ``target``: the half-width aimed at)."""
     tables = _tables(paper)
     comparison = compare(rows, reference, metrics, by, next(iter(tables.values()), None))
-    return _parts(name, comparison, rows, reference, tables, metrics, by, ylabel)
+    return _parts(name, comparison, rows, reference, tables, metrics, by, ylabel, target)
 
 
-def _parts(name, comparison, rows, reference, tables, metrics, by, ylabel) -> List:
+def _parts(name, comparison, rows, reference, tables, metrics, by, ylabel, target) -> List:
     """:func:`study_parts` of a study's :func:`~spatialflow.studies.compare`."""
     seeds = max((e[m]["n"] for e in comparison for m in metrics), default=0)
     note = "" if len(tables) < 2 else f"; the paper's differences are those of {next(iter(tables))}"
@@ -38,7 +39,8 @@ def _parts(name, comparison, rows, reference, tables, metrics, by, ylabel) -> Li
              + format_comparison(comparison, metrics, by),
              difference_bars(comparison, metrics, by, title=name,
                              ylabel=f"difference in {ylabel} (points)"),
-             describe_comparison(comparison, metrics, by),
+             describe_comparison(comparison, metrics, by) + "\n\n"
+             + describe_reached(comparison, metrics, target),
              f"**{name}, measured means** (over seeds; compare variants by the differences "
              f"above)\n\n" + format_table(_means(rows, metrics, by), [by, "seeds", *metrics])]
     for data, table in tables.items():
@@ -54,14 +56,15 @@ def _means(rows, metrics, by) -> List[dict]:
 
 def show_study(name: str, rows: Sequence[dict], reference, paper: Paper = None,
                metrics: Sequence[str] = ("pq", "pq_th", "pq_st"), by: str = "variant",
-               ylabel: str = "PQ") -> dict:
+               ylabel: str = "PQ", target: Optional[float] = None) -> dict:
     """Display :func:`study_parts` in a notebook (markdown rendered, the figure drawn); returns
     the study's :func:`~spatialflow.studies.statistics.study_record`, what its JSON keeps."""
     from IPython.display import Markdown, display
 
     tables = _tables(paper)
     record = study_record(rows, reference, metrics, by, next(iter(tables.values()), None))
-    for part in _parts(name, record["rows"], rows, reference, tables, metrics, by, ylabel):
+    for part in _parts(name, record["rows"], rows, reference, tables, metrics, by, ylabel,
+                       target):
         display(Markdown(part) if isinstance(part, str) else part)
     return record
 

@@ -239,21 +239,48 @@ def _differences(a: dict, b: dict, prefix: str = "") -> List[str]:
 
 
 # --- data -----------------------------------------------------------------------------------
-def prepare_data(cfg: Config, run_dir, write: bool = True) -> Path:
+def prepare_data(cfg: Config, run_dir, write: bool = True, name: str = "data") -> Path:
     """The data folder: ``data.root``, or the synthetic data of ``data.synthetic`` in
-    ``<run>/data`` (generated there first when ``write`` and not yet there: the same bytes for
-    the same config)."""
+    ``<run>/<name>`` (generated there first when ``write`` and not yet there: the same bytes
+    for the same config; synthetic data made with other settings there raises
+    :class:`~spatialflow.errors.InputError`)."""
     if cfg.data.root is not None:
         root = Path(cfg.data.root)
         if not root.is_dir():
             raise InputError(f"{root}: data.root is not a folder")
         return root
-    root = Path(run_dir) / "data"
+    root = Path(run_dir) / name
+    s = cfg.data.synthetic
     if write and not (root / f"panoptic_{cfg.data.val_split}.json").is_file():
         from spatialflow.data.synthetic import make_synthetic  # (the generator: only if needed)
-        s = cfg.data.synthetic
         make_synthetic(root, s.num_train, s.num_val, s.size, s.seed, progress=True, scene=s.scene)
+    elif (root / "panoptic_val.json").is_file():
+        _check_synthetic(root, s)
     return root
+
+
+def _check_synthetic(root: Path, s) -> None:
+    """Raise :class:`InputError` if the synthetic data already in ``root`` was made with other
+    settings than ``s`` (``data.synthetic``): a run would silently train or score on it."""
+    want = {"train": s.num_train, "val": s.num_val}
+    for split, count in want.items():
+        path = root / f"panoptic_{split}.json"
+        if not path.is_file():
+            continue
+        d = json.loads(path.read_text())
+        info = d.get("info", {})
+        have = {"images": len(d.get("images", [])), "seed": info.get("seed"),
+                "size": info.get("size"), "scene": info.get("scene")}
+        asked = {"images": count, "seed": s.seed, "size": s.size, "scene": s.scene}
+        if "SpatialFlow" not in str(info.get("description", "")):
+            return  # not the generator's: nothing to compare
+        differ = {k: (have[k], asked[k]) for k in asked
+                  if have[k] is not None and have[k] != asked[k]}  # (older data: no scene)
+        if differ:
+            said = ", ".join(f"{k} {h!r} (data.synthetic asks {a!r})"
+                             for k, (h, a) in differ.items())
+            raise InputError(f"{path}: this synthetic {split} split was made with other "
+                             f"settings: {said}; remove {root} or use another folder")
 
 
 # --- prediction -----------------------------------------------------------------------------

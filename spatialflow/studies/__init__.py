@@ -15,7 +15,9 @@
 """
 
 from spatialflow.studies.paper import PAPER
-from spatialflow.studies.planning import describe_plan, plan_study, planned_study
+from spatialflow.studies.planning import (PREVIEW, describe_plan, describe_precision,
+                                          describe_reached, expected_precision, measured_noise,
+                                          plan_study, planned_study, reached_precision)
 from spatialflow.studies.running import (config_key, run_label, run_or_data, run_study,
                                          save_rows, slug)
 from spatialflow.studies.speed import describe_speed, speed_points, speed_vs_scale, table_xi_scales
@@ -25,14 +27,16 @@ from spatialflow.studies.statistics import (compare, describe_comparison, format
 from spatialflow.studies.tables import format_summary, format_table, group_rows, summarize
 from spatialflow.studies.variants import (QUICK_OVERRIDES, Variant, components_variants,
                                           detection_variants, fig4_variants, flows_variants,
-                                          lambda_variants, notebook_settings, stages_variants,
+                                          lambda_variants, notebook_settings, preview_settings,
+                                          stages_variants,
                                           variant)
 
-__all__ = ["PAPER", "QUICK_OVERRIDES", "Variant", "compare", "components_variants",
-           "config_key", "describe_comparison", "describe_plan", "describe_speed",
-           "detection_variants", "fig4_variants", "flows_variants", "format_comparison",
-           "format_summary", "format_table", "group_rows", "half_width", "lambda_variants",
-           "notebook_settings", "paired", "pairing_gain", "plan_study", "planned_study",
+__all__ = ["PAPER", "PREVIEW", "QUICK_OVERRIDES", "compare", "components_variants", "config_key",
+           "describe_comparison", "describe_plan", "describe_precision", "describe_reached",
+           "describe_speed", "detection_variants", "expected_precision", "fig4_variants",
+           "flows_variants", "format_comparison", "format_summary", "format_table", "group_rows",
+           "half_width", "lambda_variants", "measured_noise", "notebook_settings", "paired",
+           "pairing_gain", "plan_study", "planned_study", "preview_settings", "reached_precision",
            "run_label", "run_or_data", "run_study", "save_rows", "seeds_for", "slug",
            "speed_points", "speed_vs_scale", "stages_variants", "study_record", "summarize",
-           "t_interval", "table_xi_scales", "variant", "verdict"]
+           "t_interval", "table_xi_scales", "Variant", "variant", "verdict"]

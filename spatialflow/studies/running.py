@@ -74,7 +74,7 @@ def run_study(variants: Sequence[Variant], seeds: Sequence[int], out, base="tiny
 
     Runs go to ``out/<variant>-<config key>/seed<k>`` (:func:`config_key`), all on one data set
     (``data.root`` from ``overrides``, or the base config's synthetic data written once to
-    ``out/data``). A variant whose config was already trained under another name in ``out`` (the
+    ``out/``:func:`data_folder`). A variant whose config was already trained under another name in ``out`` (the
     Table IX row '-' is Table V's '+ sub-networks') re-uses that run. A run whose
     ``eval/final/metrics.json`` exists is read back instead of trained again; one with a
     checkpoint is resumed. ``base`` is a preset name or YAML file; ``overrides`` apply to every
@@ -110,11 +110,12 @@ def _plan(variants, seeds, out, base, overrides, write_data: bool):
     (else its folder is only named)."""
     out = Path(out)
     common = load_config(base, list(overrides))
+    name = data_folder(common)
     if write_data:
         out.mkdir(parents=True, exist_ok=True)
-        root = Path(prepare_data(common, out)).resolve()  # runs open from any folder
+        root = Path(prepare_data(common, out, name=name)).resolve()  # runs open from any folder
     else:
-        root = Path(common.data.root or out / "data").resolve()
+        root = Path(common.data.root or out / name).resolve()
     rows, jobs = [], []
     for variant in variants:
         key = config_key(load_config(base, [*overrides, *variant.overrides, f"data.root={root}"]))
@@ -127,6 +128,15 @@ def _plan(variants, seeds, out, base, overrides, write_data: bool):
                 jobs.append((load_config(base, [*overrides, *variant.overrides,
                                                 f"train.seed={seed}", f"data.root={root}"]), run))
     return rows, jobs
+
+
+def data_folder(cfg) -> str:
+    """The folder of a study's synthetic data in its study folder, named by its settings
+    (``data-2000+500-128px-seed0-close``: train + val images, size, seed, scene), so that
+    studies of other data settings in one folder each have their own."""
+    s = cfg.data.synthetic
+    size = s.size if isinstance(s.size, int) else "x".join(map(str, s.size))
+    return f"data-{s.num_train}+{s.num_val}-{size}px-seed{s.seed}-{s.scene}"
 
 
 #: a run's evaluation, written last: its presence means the run is done

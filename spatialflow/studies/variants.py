@@ -97,12 +97,30 @@ def variant(variants: Sequence[Variant], name: str) -> Variant:
     raise KeyError(f"no variant {name!r}; there are {[v.name for v in variants]}")
 
 
+#: the val split of a study's synthetic data: scored on 500 images, one model's PQ_Th varies by
+#: 0.4-0.5 between disjoint val sets (0.5-0.9 on 100 images) and a difference of two models by
+#: 0.5, against 2.6 between seeds (docs/studies.md, benchmarks/results/study_noise.md)
+STUDY_VAL_IMAGES = 500
+
+
+def preview_settings(iters: int) -> List[str]:
+    """The overrides of a study's classroom preview (notebook 02's quick mode): real training
+    of ``iters`` iterations of 4 images on a smaller synthetic set (200 train and 50 val
+    images of the preset's size), a short warm-up and no checkpoint but the last: a few
+    minutes in all, too few seeds and iterations to conclude anything."""
+    return ["data.synthetic.num_train=200", "data.synthetic.num_val=50",
+            "train.batch_size=4", f"train.max_iters={iters}",
+            f"train.warmup_iters={max(1, iters // 10)}", f"train.checkpoint_every={iters}",
+            f"train.log_every={max(1, iters // 10)}"]
+
+
 def notebook_settings(quick: bool, iters: int, eval_every: int = 0) -> List[str]:
     """The overrides of a notebook's runs: :data:`QUICK_OVERRIDES` in quick mode, else
-    ``train.max_iters=iters``; with ``eval_every`` the run is also evaluated on the val split
-    every that many iterations (every iteration in quick mode), for PQ curves during
-    training."""
-    settings = list(QUICK_OVERRIDES) if quick else [f"train.max_iters={iters}"]
+    ``train.max_iters=iters`` on a val split of :data:`STUDY_VAL_IMAGES`; with ``eval_every``
+    the run is also evaluated on the val split every that many iterations (every iteration in
+    quick mode), for PQ curves during training."""
+    settings = list(QUICK_OVERRIDES) if quick else [
+        f"train.max_iters={iters}", f"data.synthetic.num_val={STUDY_VAL_IMAGES}"]
     if eval_every:
         settings.append(f"train.eval_every={1 if quick else eval_every}")
     return settings
