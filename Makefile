@@ -25,8 +25,8 @@ test: install
 	$(PY) -m pytest -q
 
 # the README's pictures (docs/figures/*.png) from the Table V study runs in runs/studies
-# (shared with the notebooks; missing runs are trained first, two at a time: about 45 minutes for
-# the 12 runs on 2 cores)
+# (shared with notebook 02: its default study is the same 24 runs of 500 iterations; missing runs
+# are trained first, two at a time)
 figures: install
 	$(PY) -m viz.figures
 

@@ -30,15 +30,14 @@ RUN_AT = HERE.parent / "shared" / "tools" / "run_at.py"
 
 
 def paired(before, after) -> dict:
-    """Mean of ``after - before`` over the seeds with its 95% t-interval (scipy.stats)."""
-    from scipy import stats
+    """Mean of ``after - before`` over the seeds with its 95% t-interval
+    (:func:`spatialflow.studies.t_interval`; NaN bounds for one seed)."""
+    sys.path.insert(0, str(HERE))
+    from spatialflow.studies import t_interval
 
     d = [a - b for a, b in zip(after, before)]
-    mean = statistics.fmean(d)
-    if len(d) < 2:
-        return {"diff": mean, "ci_low": float("nan"), "ci_high": float("nan"), "per_seed": d}
-    half = stats.t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / len(d) ** 0.5
-    return {"diff": mean, "ci_low": mean - half, "ci_high": mean + half, "per_seed": d}
+    t = t_interval(d)
+    return {"diff": t["mean"], "ci_low": t["low"], "ci_high": t["high"], "per_seed": d}
 
 
 def train_once(side: str, tree: Path, data: Path, seed: int, iters: int, run: Path,

@@ -74,8 +74,8 @@ def test_04_panoptic_explorer_with_a_run_and_without(tmp_path):
     assert len(widget_views(nb)) == 1
     assert "ground truth" in text and "PQ:" in text
     assert "'thresholds': {" in text  # a model's panel: the merge thresholds are live
-    # no run, data given: the ground truth alone
-    data = out / "data"
+    # no run, data given: the ground truth alone (the quick run's data, named by its settings)
+    data = next(out.glob("data-*"))
     nb, text = run_quick("04_panoptic_explorer", tmp_path, OUT=str(out), RUN=str(tmp_path / "x"),
                          DATA=str(data), QUICK=False)
     assert len(widget_views(nb)) == 1

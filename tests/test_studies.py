@@ -203,14 +203,17 @@ def test_quick_data_has_things_in_every_image_of_both_splits(tmp_path):
 
 def test_notebook_helpers(tmp_path):
     from spatialflow.studies import QUICK_OVERRIDES, notebook_settings, save_rows, variant
+    from spatialflow.studies.variants import STUDY_VAL_IMAGES
 
     assert variant(fig4_variants(), "spatial flows") is not None
     assert variant(fig4_variants(), "base").overrides == fig4_variants()[0].overrides
     with pytest.raises(KeyError, match="'cls flows'"):
         variant(fig4_variants(), "flows")
     assert notebook_settings(True, 800) == list(QUICK_OVERRIDES)
-    assert notebook_settings(False, 800) == ["train.max_iters=800"]
-    assert notebook_settings(False, 300, 100) == ["train.max_iters=300", "train.eval_every=100"]
+    assert notebook_settings(False, 800) == ["train.max_iters=800",
+                                             f"data.synthetic.num_val={STUDY_VAL_IMAGES}"]
+    assert notebook_settings(False, 300, 100) == [
+        "train.max_iters=300", f"data.synthetic.num_val={STUDY_VAL_IMAGES}", "train.eval_every=100"]
     assert notebook_settings(True, 300, 100)[-1] == "train.eval_every=1"
     rows = {"Table V": [{"variant": "x", "pq": 1.5}]}
     path = save_rows(tmp_path / "a" / "rows.json", rows)

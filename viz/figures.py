@@ -1,19 +1,21 @@
 """Regenerate the pictures the README shows, from the package's own code (``make figures``)::
 
-    python -m viz.figures [--out docs/figures] [--study runs/studies] [--seeds 0 1 2]
+    python -m viz.figures [--out docs/figures] [--study runs/studies] [--iters 500] [--seeds 0 1 2 3 4 5]
 
 * ``overlay.png``: ground truth | prediction of the full model on val images;
 * ``cam_pair.png``: paper Fig. 5, cls- and stuff-head Grad-CAM with and without spatial flows;
-* ``ablation.png``: paper Table V on the synthetic data, mean and std over seeds;
+* ``ablation.png``: paper Table V on the synthetic data: each variant minus the baseline with
+  the same seed, mean and 95% interval over the seeds, the paper's difference beside;
 * ``flow_maps.png``: what each spatial flow adds to its receiving tower at P3-P5, beside the
   image with its ground-truth thing boxes; ``flow_maps.json`` holds the shares of each flow's
   magnitude inside the boxes and the sentence said about them;
 * ``quality_per_minute.png``: PQ_Th and PQ against training minutes, from the bench's JSON.
 
 The models come from :func:`spatialflow.studies.run_study` over Table V's variants in the
-study folder that notebooks 02, 03, 05 and 06 share: runs already there are re-used, missing
-ones are trained, two side by side (on 2 cores the 12 runs of 800 iterations take about 45
-minutes). ``figures.json`` beside the pictures records the rows and the command that made them.
+study folder that notebooks 02, 03, 05 and 06 share, with notebook 02's settings
+(:func:`~spatialflow.studies.notebook_settings`): runs already there are re-used (notebook 02's
+default study is the same 24 runs), missing ones are trained, two side by side. ``figures.json``
+beside the pictures records the rows, the paired comparison and the command that made them.
 """
 
 from __future__ import annotations
@@ -28,19 +30,20 @@ from typing import Dict, Optional, Sequence
 from spatialflow.data.coco_panoptic import CocoPanopticDataset
 from spatialflow.engine.predict import to_tensor
 from spatialflow.engine.runs import Predictor
-from spatialflow.studies import (QUICK_OVERRIDES, components_variants, describe_plan, plan_study,
-                                 run_label, run_study, variant)
+from spatialflow.studies import (PAPER, QUICK_OVERRIDES, compare, components_variants,
+                                 describe_plan, notebook_settings, plan_study, run_label,
+                                 run_study, variant)
 from viz.cam import cam_examples, flows_comparison_figure
 from viz.flows import describe_flow_share, flow_box_share, flow_maps, flow_maps_figure, thing_boxes
 from viz.overlay import overlay_figure, prediction_rows
-from viz.plots import ablation_bars
+from viz.plots import difference_bars
 
 FIGURES = ("overlay.png", "cam_pair.png", "flow_maps.png", "ablation.png")
 
 
 def make_figures(out, study="runs/studies", base: str = "tiny-cpu",
-                 overrides: Sequence[str] = ("train.max_iters=800",),
-                 seeds: Sequence[int] = (0, 1, 2), images: int = 2, split: Optional[str] = None,
+                 overrides: Sequence[str] = tuple(notebook_settings(False, 500)),
+                 seeds: Sequence[int] = (0, 1, 2, 3, 4, 5), images: int = 2, split: Optional[str] = None,
                  progress: bool = True, dpi: int = 100, workers: int = 2,
                  only: Optional[Sequence[str]] = None) -> Dict[str, Path]:
     """Write :data:`FIGURES` (or those named in ``only``) into ``out`` from the Table V runs
@@ -90,11 +93,14 @@ def make_figures(out, study="runs/studies", base: str = "tiny-cpu",
                                 ).savefig(paths["cam_pair.png"], dpi=dpi)
     if "ablation.png" not in paths:
         return paths
-    ablation_bars(rows, title=f"Table V on the synthetic val split ({base}, {iters} iterations)"
-                  ).savefig(paths["ablation.png"], dpi=dpi)
+    comparison = compare(rows, "baseline", paper=PAPER["table_v"])
+    difference_bars(comparison, title=f"Table V on the synthetic val split ({base}, {iters} "
+                                      f"iterations)", ylabel="difference in PQ (points)"
+                    ).savefig(paths["ablation.png"], dpi=dpi)
     (out / "figures.json").write_text(json.dumps(
         {"command": " ".join(["python -m viz.figures", *sys.argv[1:]]), "study": str(study),
-         "overrides": list(overrides), "seeds": list(seeds), "rows": rows}, indent=1))
+         "overrides": list(overrides), "seeds": list(seeds), "rows": rows,
+         "comparison": comparison}, indent=1))
     return paths
 
 
@@ -147,8 +153,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", default="docs/figures", help="folder of the PNGs")
     p.add_argument("--study", default="runs/studies", help="the study folder (runs re-used)")
     p.add_argument("--preset", default="tiny-cpu")
-    p.add_argument("--iters", type=int, default=800, help="training iterations per run")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--iters", type=int, default=500, help="training iterations per run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     p.add_argument("--workers", type=int, default=2, help="runs trained side by side")
     p.add_argument("--images", type=int, default=2, help="images in the overlay")
     p.add_argument("--split", default=None, help="split of the shown images (default val)")
@@ -161,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="2 iterations on 10 tiny images (a check that it works, not a result)")
     a = p.parse_args(argv)
-    overrides = list(QUICK_OVERRIDES) if a.quick else [f"train.max_iters={a.iters}"]
+    overrides = list(QUICK_OVERRIDES) if a.quick else notebook_settings(False, a.iters)
     paths = make_figures(a.out, a.study, a.preset, overrides, a.seeds, a.images, a.split,
                          progress=not a.quick, workers=a.workers, only=a.only)
     if a.quality and Path(a.quality).is_file() and not a.quick and a.only is None:
