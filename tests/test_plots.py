@@ -252,7 +252,7 @@ def test_study_parts_differences_chart_sentences_means_and_paper():
     fig = parts[1]
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
-    assert ax.get_title() == ("Table V\ndifference to baseline, paired by seed: mean and 95% CI "
+    assert ax.get_title() == ("Table V\ndifference to 'baseline', paired by seed: mean and 95% CI "
                               "over 3 seeds")
     assert ax.get_ylabel() == "difference in PQ (points)" and ax.get_xlabel() == "variant"
     bars = [c for c in ax.containers if isinstance(c, BarContainer)]
@@ -289,7 +289,7 @@ def test_study_parts_with_cityscapes_rows_stages_and_boxes():
                "pq_st": 30.0} for n in (0, 1)]
     parts = study_parts("Table VII", stages, 0, PAPER["table_vii"], by="stages")
     assert "| 1 | 0 | 1 | +1.0 (one seed) | +0.2 |" in parts[0]
-    assert parts[1].axes[0].get_title().endswith("difference to 0, one seed: no interval")
+    assert parts[1].axes[0].get_title().endswith("difference to stages = 0, one seed: no interval")
     assert parts[2].startswith("- **stages = 1** vs **stages = 0** (one seed): PQ +1.0 with one "
                                "seed: no interval (paper +0.2)")
     assert "| stages | seeds | pq | pq_th | pq_st |" in parts[3] and "| 1 | 1 | 21.0 |" in parts[3]
@@ -302,6 +302,13 @@ def test_study_parts_with_cityscapes_rows_stages_and_boxes():
     assert "| RetinaNet w/ flows | 36.7 | 57.1 | 39.4 |" in parts[4]
     assert parts[1].axes[0].get_ylabel() == "difference in box AP (points)"
     assert "box AP higher by 1.0 (95% CI 1.0 to 1.0; paper +1.1, outside the CI)" in parts[2]
+    # Fig. 4: the paper gives only its difference, shown as such
+    fig4 = [{"variant": v, "seed": s, "pq": p + s, "pq_th": p, "pq_st": p}
+            for s in (0, 1) for v, p in (("cls flows", 20.0), ("spatial flows", 21.0))]
+    parts = study_parts("Fig. 4", fig4, "cls flows", PAPER["fig_4"])
+    assert parts[4].startswith("**Fig. 4, paper's differences** (COCO val, ResNet-50)")
+    assert "| spatial flows | cls flows | 0.7 | 0.8 | 0.5 |" in parts[4]
+    assert "PQ higher by 1.0 (95% CI 1.0 to 1.0; paper +0.7, outside the CI)" in parts[2]
 
 
 def test_difference_bars_draw_the_intervals_and_the_paper():

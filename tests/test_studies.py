@@ -200,6 +200,16 @@ def test_quick_data_has_things_in_every_image_of_both_splits(tmp_path):
     for split in ("train", "val"):
         assert stats[split]["images_without_things"] == 0, (split, stats[split])
 
+    # data made with other settings is refused, written or only read, not silently reused
+    from spatialflow.errors import InputError
+    other = load_config("tiny-cpu", [*QUICK_OVERRIDES, "data.synthetic.seed=5"])
+    for write in (True, False):
+        with pytest.raises(InputError, match=r"panoptic_(train|val)\.json: .*seed 1 "
+                                             r"\(data\.synthetic asks 5\)"):
+            prepare_data(other, tmp_path, write=write)
+    assert prepare_data(load_config("tiny-cpu", list(QUICK_OVERRIDES)), tmp_path,
+                        write=False) == root
+
 
 def test_notebook_helpers(tmp_path):
     from spatialflow.studies import QUICK_OVERRIDES, notebook_settings, save_rows, variant
@@ -225,7 +235,7 @@ def test_run_label(tmp_path):
 
     run = tmp_path / "both-7b8a4e6d" / "seed2"
     run.mkdir(parents=True)
-    assert run_label(run) == "both, seed 2"
-    assert run_label(run / "model_final.pt") == "both, seed 2"
+    assert run_label(run) == "both (seed 2)"
+    assert run_label(run / "model_final.pt") == "both (seed 2)"
     assert run_label(tmp_path / "demo" / "run") == "run"
     assert run_label(tmp_path / "x" / "seed0") == "seed0"     # not a study's folder

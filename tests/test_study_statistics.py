@@ -102,6 +102,13 @@ def test_another_key_and_the_record_a_study_saves():
     assert describe_comparison(cmp_, ("pq",), by="lambda").startswith(
         "- **lambda = 0.25** vs **lambda = 1.0** (3 seeds, paired): PQ higher by 2.0 (95% CI "
         "2.0 to 2.0; paper +1.8, outside the CI)")
+    # Fig. 4: the paper gives only the difference spatial flows minus cls flows
+    fig4 = [dict(r, variant={1.0: "cls flows", 0.25: "spatial flows"}[r.pop("lambda")])
+            for r in map(dict, rows)] + [dict(rows[0], variant="base", lambda_=0)]
+    for ref, paper in (("cls flows", 0.7), ("base", None)):
+        got = {e["variant"]: e["pq"]["paper"] for e in compare(fig4, ref, ("pq",),
+                                                                paper=PAPER["fig_4"])}
+        assert got["spatial flows"] == paper
     record = study_record(rows, 1.0, ("pq",), by="lambda")
     assert record["reference"] == 1.0 and record["runs"] == rows
     assert set(record["rows"][0]["pq"]) >= {"diff", "ci_low", "ci_high", "per_seed", "verdict"}
@@ -162,6 +169,10 @@ def test_precision_before_and_after():
     missed = describe_precision(7, noise, ("pq", "pq_th"), target=1.0)
     assert missed.endswith(f"Reaching ±1.0 would take {seeds_for(2.0, 1.0)} seeds for PQ_Th "
                            "at this spread.")
+    noise["sd_diff"]["ap"] = 1.5  # a detector study: box AP measured, AP50 / AP75 not
+    box = describe_precision(7, noise, ("ap", "ap50", "ap75"))
+    assert f"about ±{half_width(1.5, 7):.1f} box AP wide" in box and "AP50" not in box
+    assert "unknown" in describe_precision(7, noise, ("ap50",))
     ref, a, b = [20.0, 22.0, 21.0], [21.0, 23.5, 21.5], [22.0, 22.0, 22.0]
     rows = rows_of(ref, a, "a") + rows_of(ref, b, "b")[3:]
     cmp_ = compare(rows, "base", ("pq_th",))

@@ -115,7 +115,7 @@ def flow_map_picture(predictor, image, record: dict, path, dpi: int = 100,
     boxes = thing_boxes(record["segments_info"], predictor.categories)
     shares = flow_box_share(maps, boxes, image.shape[:2])
     sentence = describe_flow_share(shares)
-    model = f"model '{run_label(predictor.run)}'" if predictor.run else "model"
+    model = f"model {run_label(predictor.run)}" if predictor.run else "model"
     title = (f"What each flow adds to its receiving tower (L2 norm over channels), {model} "
              f"{trained}, image {record['image_id']}")
     fig = flow_maps_figure(tensor, maps, boxes, title=title)

@@ -298,7 +298,8 @@ def difference_bars(comparison: Sequence[dict], metrics: Sequence[str] = ("pq", 
             paper_drawn = True
     ax.axhline(0, color="0.3", linewidth=0.8)
     _group_ticks(ax, [str(e[by]) for e in comparison])
-    refs = sorted({str(e["reference"]) for e in comparison})
+    refs = sorted({f"'{e['reference']}'" if by == "variant" else f"{by} = {e['reference']}"
+                   for e in comparison})
     n = sorted({e[m]["n"] for e in comparison for m in metrics})
     if n[-1] > 1:
         what = (f"difference to {' / '.join(refs)}, paired by seed: mean and 95% CI over "

@@ -254,7 +254,7 @@ def prepare_data(cfg: Config, run_dir, write: bool = True, name: str = "data") -
     if write and not (root / f"panoptic_{cfg.data.val_split}.json").is_file():
         from spatialflow.data.synthetic import make_synthetic  # (the generator: only if needed)
         make_synthetic(root, s.num_train, s.num_val, s.size, s.seed, progress=True, scene=s.scene)
-    elif (root / "panoptic_val.json").is_file():
+    else:
         _check_synthetic(root, s)
     return root
 

@@ -32,6 +32,10 @@ PAPER = {
         ("-", 57.5, 53.6, 60.3), ("+ reg-cls", 58.0, 55.1, 60.1),
         ("+ reg-stuff", 58.3, 54.6, 60.9), ("+ reg-thing", 58.5, 54.7, 61.3),
         ("+ stuff-thing", 58.6, 54.9, 61.4))],
+    # Fig. 4 (600 px): the paper gives only differences, spatial flows minus cls flows; a row
+    # with a "reference" is a difference to that row
+    "fig_4": [{"variant": "spatial flows", "reference": "cls flows", "pq": 0.7, "pq_th": 0.8,
+               "pq_st": 0.5}],
     # Table XII: RetinaNet R50 at 800 px, box AP on COCO val
     "table_xii": [{"variant": v, "ap": a, "ap50": b, "ap75": c} for v, a, b, c in (
         ("RetinaNet", 35.6, 55.5, 37.7), ("RetinaNet w/ flows", 36.7, 57.1, 39.4))],

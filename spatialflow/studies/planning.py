@@ -72,6 +72,9 @@ def describe_precision(seeds: int, noise: Optional[Mapping] = None,
         return ("With one seed a difference has no interval: this study is too small to "
                 "conclude anything; it shows how one is read.")
     parts = ", ".join(f"±{hw[m]:.1f} {LABELS.get(m, m)}" for m in metrics if not math.isnan(hw[m]))
+    if not parts:
+        return (f"Expected precision: unknown, the noise of {', '.join(metrics)} was not "
+                f"measured (`benchmarks/study_noise.py` measures PQ, PQ_Th, PQ_St and box AP).")
     text = (f"Expected precision: with {seeds} paired seeds the 95% intervals of the differences "
             f"should be about {parts} wide on each side (at the spread of a paired difference "
             f"measured by `{noise['command']}`: {noise['iters']} iterations, "
@@ -119,7 +122,8 @@ def plan_study(variants: Sequence[Variant], seeds: Sequence[int], out, base="tin
                overrides: Sequence[str] = (), workers: int = 1, measure: bool = True) -> dict:
     """What :func:`run_study` with the same arguments will do, before it starts: ``runs``
     (all of them), ``to_train`` (those not cached in ``out``), ``iterations`` (of those, in
-    all), ``workers`` and, with ``measure``, ``minutes``: the training time, estimated from
+    all), ``run_iters`` (the iterations of one run of the base config, None for an epoch
+    schedule), ``workers`` and, with ``measure``, ``minutes``: the training time, estimated from
     a few training steps of the base config run here as the study runs them (``workers``
     processes side by side, one share of the threads each) and
     :data:`~spatialflow.benchmark.training.LOOP_SHARE`. Evaluation comes on top."""
@@ -127,6 +131,7 @@ def plan_study(variants: Sequence[Variant], seeds: Sequence[int], out, base="tin
     iters = [cfg.train.max_iters for cfg, _ in jobs]
     known = all(i is not None for i in iters)  # (an epoch schedule needs the data's length)
     plan = {"runs": len(rows), "to_train": len(jobs), "iterations": sum(iters) if known else None,
+            "run_iters": load_config(base, list(overrides)).train.max_iters,
             "workers": workers, "minutes": None}
     if measure and jobs and known:
         from spatialflow.benchmark import training  # (it uses the study variants)
@@ -157,16 +162,17 @@ def describe_plan(plan: dict) -> str:
 def planned_study(variants: Sequence[Variant], seeds: Sequence[int], out, base="tiny-cpu",
                   overrides: Sequence[str] = (), workers: int = 1, quick: bool = False,
                   target: Optional[float] = None,
-                  say: Optional[Callable[[str], None]] = print) -> List[dict]:
+                  say: Optional[Callable[[str], None]] = print,
+                  metrics: Sequence[str] = ("pq", "pq_th", "pq_st")) -> List[dict]:
     """:func:`run_study` after saying what it will do (:func:`describe_plan`: runs to train,
-    cached ones and the measured time) and the precision to expect (:func:`describe_precision`),
-    as the notebooks run their studies. ``quick``: a preview (time not measured, no progress
-    bars), said to be too small to conclude. ``target``: a half-width in points, for the seeds
-    a metric that misses it would need."""
+    cached ones and the measured time) and the precision to expect for ``metrics``
+    (:func:`describe_precision`; box AP for a detector study), as the notebooks run their
+    studies. ``quick``: a preview (time not measured, no progress bars), said to be too small
+    to conclude. ``target``: a half-width in points, for the seeds a metric that misses it
+    would need."""
     if say is not None:
-        say(describe_plan(plan_study(variants, seeds, out, base, overrides, workers,
-                                     measure=not quick)))
-        iters = load_config(base, list(overrides)).train.max_iters
+        plan = plan_study(variants, seeds, out, base, overrides, workers, measure=not quick)
+        say(describe_plan(plan))
         say(PREVIEW if quick else describe_precision(
-            len(seeds), measured_noise(iters), target=target))
+            len(seeds), measured_noise(plan["run_iters"]), metrics, target=target))
     return run_study(variants, seeds, out, base, overrides, progress=not quick, workers=workers)

@@ -30,13 +30,13 @@ def slug(name: str) -> str:
 
 def run_label(run) -> str:
     """A short name of a run folder (or a checkpoint in it) for titles: a study's run
-    ``<variant slug>-<config key>/seed<k>`` is ``'<variant slug>, seed <k>'`` (e.g.
-    ``'both, seed 0'``), any other run its folder's name."""
+    ``<variant slug>-<config key>/seed<k>`` is ``'<variant slug> (seed <k>)'`` (e.g.
+    ``'both (seed 0)'``), any other run its folder's name."""
     folder = Path(run) if Path(run).is_dir() or not Path(run).suffix else Path(run).parent
     match = re.fullmatch(r"seed(\d+)", folder.name)
     study = re.fullmatch(r"(.+)-[0-9a-f]{8}", folder.parent.name)
     if match and study:
-        return f"{study.group(1)}, seed {match.group(1)}"
+        return f"{study.group(1)} (seed {match.group(1)})"
     return folder.name
 
 
@@ -74,7 +74,7 @@ def run_study(variants: Sequence[Variant], seeds: Sequence[int], out, base="tiny
 
     Runs go to ``out/<variant>-<config key>/seed<k>`` (:func:`config_key`), all on one data set
     (``data.root`` from ``overrides``, or the base config's synthetic data written once to
-    ``out/``:func:`data_folder`). A variant whose config was already trained under another name in ``out`` (the
+    the folder of ``out`` that :func:`data_folder` names). A variant whose config was already trained under another name in ``out`` (the
     Table IX row '-' is Table V's '+ sub-networks') re-uses that run. A run whose
     ``eval/final/metrics.json`` exists is read back instead of trained again; one with a
     checkpoint is resumed. ``base`` is a preset name or YAML file; ``overrides`` apply to every

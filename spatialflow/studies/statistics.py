@@ -99,11 +99,13 @@ def compare(rows: Sequence[dict], reference, metrics: Sequence[str] = ("pq", "pq
     appearance), the paired comparison with the reference: ``{by: value, "reference":
     reference, <metric>: {"diff", "ci_low", "ci_high", "n", "sd", "per_seed": [...
     :func:`paired` ...], "paper": the paper's difference or None, "verdict": :func:`verdict`},
-    ...}``. ``paper``: the paper's rows of the study (``{by, <metric>...}``)."""
+    ...}``. ``paper``: the paper's rows of the study (``{by, <metric>...}``; a row with a
+    ``"reference"`` holds the paper's differences to that row, as Fig. 4 gives them)."""
     names = list(dict.fromkeys(r[by] for r in rows))
     if reference not in names:
         raise ValueError(f"no rows for {by} {reference!r} (have: {names})")
-    theirs = {r[by]: r for r in (paper or [])}
+    theirs = {r[by]: r for r in (paper or []) if "reference" not in r}
+    their_diffs = {r[by]: r for r in (paper or []) if r.get("reference") == reference}
     out = []
     for name in names:
         if name == reference:
@@ -115,6 +117,8 @@ def compare(rows: Sequence[dict], reference, metrics: Sequence[str] = ("pq", "pq
             their = None
             if name in theirs and reference in theirs and m in theirs[name]:
                 their = round(theirs[name][m] - theirs[reference][m], 2)
+            elif m in their_diffs.get(name, {}):
+                their = their_diffs[name][m]
             entry[m] = {"diff": ci["mean"], "ci_low": ci["low"], "ci_high": ci["high"],
                         "n": ci["n"], "sd": ci["sd"], "per_seed": pairs, "paper": their,
                         "verdict": verdict(ci["mean"], ci["low"], ci["high"], ci["n"])}
