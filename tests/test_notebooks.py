@@ -138,10 +138,11 @@ def test_05_loss_balance(studies, tmp_path):
     assert saved["by"] == "lambda" and saved["reference"] == 1.0
     assert [r["lambda"] for r in saved["rows"]] == [0.75]
     assert saved["rows"][0]["pq"]["paper"] == pytest.approx(0.7)  # 38.2 - 37.5
-    assert "| lambda | n | pq | pq_th | pq_st |" in text and "| 0.25 | 39.30 |" in text
+    assert "| lambda | seeds | pq | pq_th | pq_st |" in text  # the measured means
+    assert "| 0.25 | 39.3 | 45.1 | 30.5 |" in text               # the paper's table
     assert "| lambda | vs | seeds | PQ diff (95% CI) | paper |" in text
     assert "- **lambda = 0.75** vs **lambda = 1.0** (one seed): PQ " in text
-    assert sum(images(nb)) == 1  # measured and paper curves on the same axes
+    assert sum(images(nb)) == 1  # the paired differences, the paper's beside them
 
 
 def test_06_accuracy_vs_speed(studies, tmp_path):

@@ -12,8 +12,8 @@ from matplotlib.collections import PathCollection
 from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
 
-from viz.plots import (LiveCurves, ablation_bars, accuracy_speed_plot, difference_bars,
-                       lambda_plot, read_metrics, training_curves)
+from viz.plots import (LiveCurves, accuracy_speed_plot, difference_bars,
+                       read_metrics, training_curves)
 from spatialflow.studies import summarize
 
 
@@ -139,33 +139,6 @@ def test_summarize_numbers():
     assert math.isnan(summarize([{"variant": "x"}], metrics=("pq",))[0]["pq"]["mean"])
 
 
-def test_ablation_bars_contents():
-    order = ["baseline", "subnets", "flows"]
-    fig = ablation_bars(ROWS, order=order)
-    ax = fig.axes[0]
-    assert len(ax.patches) == 3 * 3 and len(bars(ax)) == 3
-    assert [t.get_text() for t in ax.get_xticklabels()] == order
-    assert [c.get_label() for c in bars(ax)] == ["PQ", "PQ_Th", "PQ_St"]
-    pq_bars = bars(ax)[0]
-    assert [b.get_height() for b in pq_bars] == pytest.approx([32.0, 33.0, 37.0])
-    # error bar of the baseline's PQ bar: mean +- std = 30 .. 34
-    segs = pq_bars.errorbar.lines[2][0].get_segments()
-    assert segs[0][:, 1] == pytest.approx([30.0, 34.0])
-    assert segs[2][:, 1] == pytest.approx([37 - math.sqrt(2), 37 + math.sqrt(2)])
-    assert ax.get_ylabel() == "PQ"
-    fig = ablation_bars(ROWS, metrics=("pq",), error="minmax")
-    ax = fig.axes[0]
-    assert len(ax.patches) == 3
-    segs = bars(ax)[0].errorbar.lines[2][0].get_segments()
-    assert segs[1][:, 1] == pytest.approx([36.0, 38.0])          # flows: min .. max
-    with pytest.raises(ValueError):
-        ablation_bars(ROWS, error="sem")
-    one = ablation_bars([r for r in ROWS if r.get("seed", 0) == 0], title="Table V").axes[0]
-    assert one.get_title() == ("Table V\none run per bar: no error bars (no spread between "
-                               "seeds is known)")
-    assert all(c.errorbar is None for c in bars(one))
-
-
 def test_accuracy_speed_plot():
     rows = [{"name": "ours r18", "fps": 2.5, "pq": 30.0, "source": "measured"},
             {"name": "SpatialFlow 800", "fps": 10.0, "pq": 40.9, "source": "paper"},
@@ -185,37 +158,6 @@ def test_accuracy_speed_plot():
     grouped = [dict(r, group="g", scale=s) for r, s in zip(rows, (0, 800, 400))]
     line, = accuracy_speed_plot(grouped[1:] + grouped[:1]).axes[0].get_lines()
     assert list(line.get_xdata()) == [19.6, 10.0]
-
-
-def test_lambda_plot():
-    rows = [{"lambda": 1.0, "seed": 0, "pq_th": 40.0, "pq_st": 30.0},
-            {"lambda": 0.25, "seed": 0, "pq_th": 42.0, "pq_st": 33.0},
-            {"lambda": 0.25, "seed": 1, "pq_th": 44.0, "pq_st": 35.0},
-            {"lambda": 0.5, "seed": 0, "pq_th": 41.0, "pq_st": 32.0}]
-    ax = lambda_plot(rows).axes[0]
-    got = series(ax)
-    assert got["PQ_Th, measured"] == ([0.25, 0.5, 1.0], [43.0, 41.0, 40.0])
-    assert got["PQ_St, measured"] == ([0.25, 0.5, 1.0], [34.0, 32.0, 30.0])
-    assert ax.get_title() == "loss balance\nmean of 2 seeds, error bars ± sample std"
-    assert ax.get_ylim()[0] == 0
-    bars = ax.containers[0].lines[2][0].get_segments()           # +- std where 2 seeds
-    assert bars[0][:, 1] == pytest.approx([43 - math.sqrt(2), 43 + math.sqrt(2)])
-    assert ax.get_xlabel().startswith("lambda")
-    single = lambda_plot(rows[:1] + rows[3:], metrics=("pq_th",)).axes[0]
-    assert series(single)["PQ_Th, measured"] == ([0.5, 1.0], [41.0, 40.0])
-    assert np.asarray(single.containers[0].lines[2]).size == 0   # no error bars for one seed
-    assert single.get_title().endswith("one seed: no error bars")
-    # the paper's values on the same axes, dashed, in the colour of their metric
-    from spatialflow.studies import PAPER
-
-    both = lambda_plot(rows, paper=PAPER["table_iv"]).axes[0]
-    paper = {line.get_label(): line for line in both.get_lines()
-             if line.get_label().endswith(", paper")}
-    assert set(paper) == {"PQ_Th, paper", "PQ_St, paper"}
-    theirs = sorted(PAPER["table_iv"], key=lambda r: r["lambda"])
-    assert list(paper["PQ_Th, paper"].get_ydata()) == [r["pq_th"] for r in theirs]
-    assert paper["PQ_Th, paper"].get_linestyle() == "--"
-    assert paper["PQ_Th, paper"].get_color() == series_color(both, "PQ_Th, measured")
 
 
 def test_quality_curve_medians_dots_and_goals():

@@ -13,7 +13,7 @@ from spatialflow.engine.runs import Predictor
 from spatialflow.model import build_model
 from spatialflow.studies import (PAPER, Variant, components_variants, config_key,
                                  describe_plan, describe_speed, fig4_variants, flows_variants,
-                                 format_summary, format_table, lambda_variants, plan_study,
+                                 format_table, lambda_variants, plan_study,
                                  run_study, slug, speed_points, speed_vs_scale, summarize,
                                  table_xi_scales)
 
@@ -47,18 +47,6 @@ def test_fig4_and_lambda_variants():
     assert flows_on(lambda_variants([0.5])[0])[:2] == (False, [])
     assert flows_on(lambda_variants([0.5], model=())[0])[:2] == (True, list(FLOWS))
     assert slug("+ reg-cls") == "reg-cls" and slug("lambda=0.25") == "lambda=0.25"
-
-
-def test_format_summary():
-    rows = [{"variant": "a", "pq": 10.0, "pq_th": 1.0, "pq_st": 5.0},
-            {"variant": "a", "pq": 14.0, "pq_th": 3.0, "pq_st": 5.0},
-            {"variant": "b", "pq": 7.0, "pq_th": 2.0, "pq_st": 6.0}]
-    text = format_summary(summarize(rows))
-    assert "| a | 2 | 12.0 ± 2.8 | 2.0 ± 1.4 | 5.0 ± 0.0 |" in text
-    assert "| b | 1 | 7.0 | 2.0 | 6.0 |" in text and text.count("\n") == 3  # one run: no ±
-    unmeasured = format_summary(summarize([{"variant": "a", "pq": 10.0, "pq_th": float("nan"),
-                                            "pq_st": 5.0}]))
-    assert "| a | 1 | 10.0 | not measured | 5.0 |" in unmeasured
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +91,8 @@ def test_run_study_side_by_side_after_saying_what_it_will_do(data_root, tmp_path
             "train.base_batch_size=2", "train.warmup_iters=0", "infer.stuff_area=0"]
     variants = [Variant("no flows", ("model.flows.reg_to_cls=false",)), Variant("flows")]
     plan = plan_study(variants, [0, 1], tmp_path / "s", overrides=fast, workers=2, measure=False)
-    assert plan == {"runs": 4, "to_train": 4, "iterations": 8, "workers": 2, "minutes": None}
+    assert plan == {"runs": 4, "to_train": 4, "iterations": 8, "run_iters": 2, "workers": 2,
+                    "minutes": None}
     assert describe_plan(plan) == "4 of 4 runs to train (0 cached), 2 at a time, 8 iterations in all."
     measured = plan_study(variants, [0, 1], tmp_path / "s", overrides=fast, workers=2)
     assert measured["minutes"] > 0 and "minutes of training on this machine" in describe_plan(
@@ -156,6 +145,8 @@ def test_format_table():
     assert text.splitlines()[0] == "| name | scale | pq | fps |"
     assert "| PanopticFPN R50 | 800 | 39.0 | 18.9 |" in text
     assert format_table([{"pq_th": float("nan")}], ["pq_th"]).endswith("| not measured |")
+    lam = format_table(PAPER["table_iv"][4:5], ["lambda", "pq"], exact=["lambda"])
+    assert lam.endswith("| 0.25 | 39.3 |")  # a study's key as it is, not rounded to 0.2
 
 
 def test_table_xi_scales_and_speed_description():

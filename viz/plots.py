@@ -21,7 +21,6 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from matplotlib.figure import Figure
 
-from spatialflow.studies import summarize
 from spatialflow.studies.statistics import LABELS
 
 #: loss terms of a ``metrics.jsonl`` loss record, in plotting order
@@ -219,49 +218,6 @@ def _group_ticks(ax, names: Sequence[str]) -> None:
                   ha="right" if many else "center")
 
 
-def ablation_bars(rows: Sequence[dict], metrics: Sequence[str] = ("pq", "pq_th", "pq_st"),
-                  order: Optional[Sequence[str]] = None, error: str = "std",
-                  title: Optional[str] = None, ylabel: str = "PQ",
-                  labels: Optional[Dict[str, str]] = None) -> Figure:
-    """Grouped bars of an ablation: one group per variant (in ``order``, default as the rows
-    come), one bar per metric at the mean over seeds (:func:`spatialflow.studies.summarize`), error bars
-    of ``error="std"`` (+- the sample std) or ``"minmax"`` (from the min to the max run).
-
-    The bars of metric ``k`` form the ``k``-th ``BarContainer`` of ``fig.axes[0].containers``
-    (labelled with :data:`METRIC_LABELS` or ``labels``, its ``errorbar`` the error bars); the x
-    tick labels are the variants. The axes' title is ``title`` (if given) over a line that
-    always says how many runs each bar averages and what the error bars are; with one run per
-    variant there is no spread, and no error bars are drawn.
-    """
-    if error not in ("std", "minmax"):
-        raise ValueError(f"error must be 'std' or 'minmax', got {error!r}")
-    summary = summarize(rows, metrics, "variant", order)
-    labels = {**METRIC_LABELS, **(labels or {})}
-    fig, ax, positions, width = _grouped_axes(len(summary), len(metrics))
-    n = sorted({s[m]["n"] for s in summary for m in metrics})
-    spread = n[-1] > 1
-    for k, m in enumerate(metrics):
-        means = np.array([s[m]["mean"] for s in summary])
-        if not spread:
-            yerr = None
-        elif error == "std":
-            yerr = np.array([s[m]["std"] for s in summary])
-        else:
-            yerr = np.array([[s[m]["mean"] - s[m]["min"] for s in summary],
-                             [s[m]["max"] - s[m]["mean"] for s in summary]])
-        ax.bar(positions[k], means, width, yerr=yerr, capsize=3, label=labels.get(m, m))
-    _group_ticks(ax, [str(s["variant"]) for s in summary])
-    runs = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
-    what = (f"mean over {runs} seeds per bar, error bars: "
-            f"{'± sample std' if error == 'std' else 'min to max run'}" if spread
-            else "one run per bar: no error bars (no spread between seeds is known)")
-    ax.set(xlabel="variant", ylabel=ylabel, title=f"{title}\n{what}" if title else what)
-    ax.set_ylim(bottom=0)
-    if len(metrics) > 1:
-        ax.legend(fontsize="small")
-    return fig
-
-
 def difference_bars(comparison: Sequence[dict], metrics: Sequence[str] = ("pq", "pq_th", "pq_st"),
                     by: str = "variant", title: Optional[str] = None,
                     labels: Optional[Dict[str, str]] = None,
@@ -349,44 +305,6 @@ def accuracy_speed_plot(rows: Sequence[dict], title: Optional[str] = "accuracy v
     ax.margins(x=0.25, y=0.15)  # room for the names right of the points
     if ax.collections:
         ax.legend(fontsize="small")
-    return fig
-
-
-def lambda_plot(rows: Sequence[dict], metrics: Sequence[str] = ("pq_th", "pq_st"),
-                title: Optional[str] = "loss balance", ylabel: str = "PQ",
-                labels: Optional[Dict[str, str]] = None,
-                paper: Optional[Sequence[dict]] = None) -> Figure:
-    """The loss-balance sweep (paper Table IV): each metric against lambda, the mean over the
-    rows (seeds) of each lambda, with +- std error bars when a lambda has several rows.
-
-    ``rows``: ``{"lambda", "pq_th", "pq_st", ...}`` dicts (``"pq"`` too if listed in
-    ``metrics``). One line per metric, an ``ErrorbarContainer`` in ``fig.axes[0].containers``
-    labelled with :data:`METRIC_LABELS` or ``labels``, its data sorted by lambda. ``paper``:
-    the paper's rows (``PAPER["table_iv"]``) drawn on the same axes, dashed, in the colour of
-    the same metric, labelled "paper". The y axis starts at 0."""
-    labels = {**METRIC_LABELS, **(labels or {})}
-    summary = sorted(summarize(rows, metrics, by="lambda"), key=lambda e: e["lambda"])
-    lambdas = [e["lambda"] for e in summary]
-    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
-    ax = fig.subplots()
-    seeds = max((e[m]["n"] for e in summary for m in metrics), default=0)
-    for k, m in enumerate(metrics):
-        stats = [e[m] for e in summary]
-        means = [s["mean"] for s in stats]
-        several = any(s["n"] > 1 for s in stats)
-        ax.errorbar(lambdas, means, yerr=[s["std"] for s in stats] if several else None,
-                    marker="o", capsize=3, color=f"C{k}",
-                    label=f"{labels.get(m, m)}, measured")
-        if paper:
-            theirs = sorted(paper, key=lambda r: r["lambda"])
-            ax.plot([r["lambda"] for r in theirs], [r[m] for r in theirs], ls="--", marker="s",
-                    color=f"C{k}", label=f"{labels.get(m, m)}, paper")
-    what = (f"mean of {seeds} seeds, error bars ± sample std" if seeds > 1
-            else "one seed: no error bars")
-    ax.set(xlabel="lambda (stuff loss weight)", ylabel=ylabel,
-           title=f"{title}\n{what}" if title else what)
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize="small", ncol=2 if paper else 1)
     return fig
 
 

@@ -42,14 +42,15 @@ def _parts(name, comparison, rows, reference, tables, metrics, by, ylabel, targe
              describe_comparison(comparison, metrics, by) + "\n\n"
              + describe_reached(comparison, metrics, target),
              f"**{name}, measured means** (over seeds; compare variants by the differences "
-             f"above)\n\n" + format_table(_means(rows, metrics, by), [by, "seeds", *metrics])]
+             f"above)\n\n" + format_table(_means(rows, metrics, by), [by, "seeds", *metrics],
+                                            exact=[by])]
     for data, table in tables.items():
         if all("reference" in r for r in table):  # the paper gives only differences
             parts.append(f"**{name}, paper's differences** ({data}, ResNet-50)\n\n"
-                         + format_table(table, [by, "reference", *metrics]))
+                         + format_table(table, [by, "reference", *metrics], exact=[by]))
         else:
             parts.append(f"**{name}, paper** ({data}, ResNet-50)\n\n"
-                         + format_table(table, [by, *metrics]))
+                         + format_table(table, [by, *metrics], exact=[by]))
     return parts
 
 

@@ -24,7 +24,7 @@ from spatialflow.studies.speed import describe_speed, speed_points, speed_vs_sca
 from spatialflow.studies.statistics import (compare, describe_comparison, format_comparison,
                                             half_width, paired, pairing_gain, seeds_for,
                                             study_record, t_interval, verdict)
-from spatialflow.studies.tables import format_summary, format_table, group_rows, summarize
+from spatialflow.studies.tables import format_table, group_rows, summarize
 from spatialflow.studies.variants import (QUICK_OVERRIDES, Variant, components_variants,
                                           detection_variants, fig4_variants, flows_variants,
                                           lambda_variants, notebook_settings, preview_settings,
@@ -34,7 +34,7 @@ from spatialflow.studies.variants import (QUICK_OVERRIDES, Variant, components_v
 __all__ = ["PAPER", "PREVIEW", "QUICK_OVERRIDES", "compare", "components_variants", "config_key",
            "describe_comparison", "describe_plan", "describe_precision", "describe_reached",
            "describe_speed", "detection_variants", "expected_precision", "fig4_variants",
-           "flows_variants", "format_comparison", "format_summary", "format_table", "group_rows",
+           "flows_variants", "format_comparison", "format_table", "group_rows",
            "half_width", "lambda_variants", "measured_noise", "notebook_settings", "paired",
            "pairing_gain", "plan_study", "planned_study", "preview_settings", "reached_precision",
            "run_label", "run_or_data", "run_study", "save_rows", "seeds_for", "slug",

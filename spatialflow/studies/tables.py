@@ -49,33 +49,17 @@ def summarize(rows: Sequence[dict], metrics: Sequence[str] = ("pq", "pq_th", "pq
     return out
 
 
-def format_summary(table: Sequence[dict], metrics: Sequence[str] = ("pq", "pq_th", "pq_st"),
-                   by: str = "variant") -> str:
-    """A markdown table of :func:`summarize`: mean ± std over n runs per metric; the mean
-    alone for one run (no spread is known), and "not measured" where no run measured it."""
-    def cell(s):
-        if not s["n"]:
-            return "not measured"
-        return f"{s['mean']:.1f}" if s["n"] == 1 else f"{s['mean']:.1f} ± {s['std']:.1f}"
-
-    lines = [f"| {by} | n | " + " | ".join(metrics) + " |",
-             "|---|---:|" + "---:|" * len(metrics)]
-    for e in table:
-        n = max(e[m]["n"] for m in metrics)
-        cells = [cell(e[m]) for m in metrics]
-        lines.append(f"| {e[by]} | {n} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def format_table(rows: Sequence[dict], columns: Sequence[str], digits: int = 1) -> str:
+def format_table(rows: Sequence[dict], columns: Sequence[str], digits: int = 1,
+                 exact: Sequence[str] = ()) -> str:
     """A markdown table of ``rows`` (dicts) with ``columns``; floats with ``digits`` decimals
-    (e.g. the paper's rows in :data:`PAPER`, or :func:`speed_vs_scale`'s); NaN (a quality
+    (e.g. the paper's rows in :data:`PAPER`, or :func:`speed_vs_scale`'s) except in the
+    ``exact`` columns (a study's key, e.g. lambda 0.25), printed as they are; NaN (a quality
     that was not measured, :func:`~spatialflow.evaluation.metrics_row`) as "not measured"."""
-    def cell(v):
-        if isinstance(v, float):
+    def cell(v, c):
+        if isinstance(v, float) and c not in exact:
             return "not measured" if math.isnan(v) else f"{v:.{digits}f}"
         return str(v)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(r.get(c, ""), c) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
