@@ -1,4 +1,4 @@
-"""``make figures``: the README's pictures regenerated from the package."""
+"""``make figures``: the pictures of the README and docs/figures.md regenerated from the package."""
 
 import json
 

@@ -276,3 +276,30 @@ def test_difference_bars_draw_the_intervals_and_the_paper():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
     with pytest.raises(ValueError, match="no compared variants"):
         difference_bars([])
+
+
+def test_study_charts_are_drawn_from_the_saved_json_alone(tmp_path):
+    from PIL import Image
+
+    from spatialflow.studies import PAPER, save_rows, study_record
+    from viz.study_charts import chart_name, main, study_charts
+
+    stages = [{"variant": f"thing x{n}", "stages": n, "seed": s, "pq": 20.0 + n + s,
+               "pq_th": 5.0, "pq_st": 30.0 - n} for n in (0, 1, 2) for s in (0, 1, 2)]
+    boxes = [{"variant": v, "seed": s, "ap": a + s, "ap50": 2 * a, "ap75": a / 2}
+             for s in (0, 1) for v, a in (("RetinaNet", 10.0), ("RetinaNet w/ flows", 11.0))]
+    path = save_rows(tmp_path / "07.json", {
+        "Table VII": study_record(stages, 0, by="stages", paper=PAPER["table_vii"]),
+        "Table XII": study_record(boxes, "RetinaNet", ("ap", "ap50", "ap75"),
+                                  paper=PAPER["table_xii"])})
+    assert chart_name("Table VII") == "table_vii.png" and chart_name("Fig. 4") == "fig_4.png"
+    written = study_charts(path, tmp_path / "png", note="6 seeds x 500 iterations")
+    assert {k: v.name for k, v in written.items()} == {"Table VII": "table_vii.png",
+                                                      "Table XII": "table_xii.png"}
+    assert all(Image.open(p).size[0] > 300 for p in written.values())
+    assert main([str(path), "--out", str(tmp_path / "cli")]) == 0
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["table_vii.png",
+                                                                     "table_xii.png"]
+    (tmp_path / "bad.json").write_text('[{"pq": 1}]')
+    with pytest.raises(ValueError, match="bad.json: not a study JSON"):
+        study_charts(tmp_path / "bad.json", tmp_path)

@@ -1,4 +1,4 @@
-"""Regenerate the pictures the README shows, from the package's own code (``make figures``)::
+"""Regenerate the pictures the README and docs/figures.md show, from the package's own code (``make figures``)::
 
     python -m viz.figures [--out docs/figures] [--study runs/studies] [--iters 500] [--seeds 0 1 2 3 4 5]
 

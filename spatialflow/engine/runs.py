@@ -330,7 +330,7 @@ class Predictor:
         memory format, the convolutions' preferred layout on CPUs with oneDNN: SpatialFlow R50
         at 800x1067 ran 1.04x, 1.14x and 1.15x faster on three 2-core Xeons, the same
         outputs, and evaluating a ``tiny-cpu`` run at 128 px no slower (``spatialflow bench
-        --options``; README, "Speed against torchvision")."""
+        --options``; docs/benchmarks.md)."""
         known = {f.name for f in fields(InferConfig)} | {"test_size", "max_size"}
         unknown = sorted(set(infer) - known)
         if unknown:
