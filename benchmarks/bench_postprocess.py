@@ -2,10 +2,10 @@
 
     python benchmarks/bench_postprocess.py [--size 800] [--detections 100] [--repeat 5]
 
-- mask pasting: ``spatialflow.model.spatialflow.paste_masks`` (dense) and ``paste_mask_crops``
+- mask pasting: ``spatialflow.model.masks.paste_masks`` (dense) and ``paste_mask_crops``
   (a ``BoxMasks``: each mask inside its box, what the ``Predictor`` merges) vs torchvision's
   ``paste_masks_in_image`` (the same values are checked);
-- the stuff map: ``spatialflow.panoptic.stuff_map`` of the stuff logits vs the softmax over the
+- the stuff map: ``spatialflow.model.masks.stuff_map`` of the stuff logits vs the softmax over the
   classes followed by ``argmax`` (what the model output before);
 - the panoptic merge with every detection above ``mask_conf``, of the dense masks and of the
   ``BoxMasks`` (the same result is checked).
@@ -29,8 +29,8 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image  # noqa:
 
 from spatialflow.benchmark.timing import image_shape, median_time  # noqa: E402
 from spatialflow.data.categories import CategoryMap  # noqa: E402
-from spatialflow.model.spatialflow import paste_mask_crops, paste_masks  # noqa: E402
-from spatialflow.panoptic import merge, stuff_map  # noqa: E402
+from spatialflow.model.masks import paste_mask_crops, paste_masks, stuff_map  # noqa: E402
+from spatialflow.panoptic import merge  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,7 @@ _EXPORTS = {
     "Config": "spatialflow.config",
     "CocoPanopticDataset": "spatialflow.data.coco_panoptic",
     "DatasetError": "spatialflow.data.coco_panoptic",
-    "collate_panoptic": "spatialflow.data.coco_panoptic",
+    "collate_panoptic": "spatialflow.model.inputs",
     "CategoryMap": "spatialflow.data.categories",
     "make_synthetic": "spatialflow.data.synthetic",
     "build_model": "spatialflow.model.spatialflow",

@@ -18,7 +18,6 @@ overlap 0.25 and stuff area 2048 (see the presets).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
@@ -26,62 +25,7 @@ import torch
 
 from spatialflow.data.categories import CategoryMap
 from spatialflow.data.panoptic_io import attach_stats
-
-
-@dataclass(frozen=True)
-class BoxMasks:
-    """Instance mask probabilities of one image kept inside their boxes: mask ``i`` is
-    ``crops[i]`` (``float[h, w]``) with its top-left pixel at row, column ``origins[i]`` of an
-    image of ``size = (H, W)``, and 0 elsewhere.
-
-    What the thing head's 28x28 masks pasted into their boxes are
-    (:func:`~spatialflow.model.spatialflow.paste_mask_crops`) without the ``M x H x W`` zeros
-    of the dense form: :func:`merge` then reads each mask's box only. :meth:`dense` gives the
-    ``float[M,1,H,W]`` tensor.
-
-    Raises:
-        ValueError: ``crops`` and ``origins`` of different lengths, a crop that is not 2-D, or
-            one reaching outside the image (the message names it).
-    """
-    crops: Tuple[torch.Tensor, ...]
-    origins: Tuple[Tuple[int, int], ...]
-    size: Tuple[int, int]
-
-    def __post_init__(self):
-        h, w = (int(v) for v in self.size)
-        object.__setattr__(self, "size", (h, w))
-        object.__setattr__(self, "crops", tuple(self.crops))
-        object.__setattr__(self, "origins", tuple((int(y), int(x)) for y, x in self.origins))
-        if len(self.crops) != len(self.origins):
-            raise ValueError(f"BoxMasks: {len(self.crops)} crops for {len(self.origins)} "
-                             f"origins")
-        for i, (crop, (y, x)) in enumerate(zip(self.crops, self.origins)):
-            if crop.dim() != 2:
-                raise ValueError(f"BoxMasks: crop {i} must be [h,w], got shape "
-                                 f"{list(crop.shape)}")
-            if y < 0 or x < 0 or y + crop.shape[0] > h or x + crop.shape[1] > w:
-                raise ValueError(f"BoxMasks: crop {i} ({crop.shape[0]}x{crop.shape[1]} at row "
-                                 f"{y}, column {x}) reaches outside the {h}x{w} image")
-
-    def __len__(self) -> int:
-        return len(self.crops)
-
-    @property
-    def shape(self) -> torch.Size:
-        """``(M, 1, H, W)``, the shape of :meth:`dense`."""
-        return torch.Size((len(self), 1, *self.size))
-
-    def dense(self) -> torch.Tensor:
-        """``float[M,1,H,W]``: each crop written into a zero image."""
-        dtype = self.crops[0].dtype if self.crops else torch.float32
-        device = self.crops[0].device if self.crops else None
-        out = torch.zeros(self.shape, dtype=dtype, device=device)
-        for i, (crop, (y, x)) in enumerate(zip(self.crops, self.origins)):
-            out[i, 0, y:y + crop.shape[0], x:x + crop.shape[1]] = crop
-        return out
-
-    def cpu(self) -> "BoxMasks":
-        return BoxMasks(tuple(c.cpu() for c in self.crops), self.origins, self.size)
+from spatialflow.model.masks import BoxMasks, stuff_map
 
 
 Masks = Union[torch.Tensor, BoxMasks]
@@ -197,11 +141,6 @@ def _check_inputs(boxes, scores, labels, masks, sem, categories: CategoryMap,
     return boxes, masks
 
 
-def stuff_map(scores: torch.Tensor) -> torch.Tensor:
-    """``long[H,W]``: per pixel, the index of the highest of ``scores`` ``[S+1,H,W]`` (stuff
-    logits or probabilities; the first one on a tie, as ``argmax``, which is ~3x slower over
-    the leading dimension)."""
-    return scores.max(0).indices
 
 
 def merge(boxes, scores, labels, masks, sem, categories: CategoryMap, *,

@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 from panopticapi.utils import id2rgb
 
-from spatialflow.data.coco_panoptic import (CocoPanopticDataset, collate_panoptic,
-                                            count_skipped, target_to_panoptic)
+from spatialflow.data.coco_panoptic import CocoPanopticDataset, count_skipped, target_to_panoptic
 from spatialflow.data.panoptic_io import read_panoptic_png, segment_stats
 from spatialflow.errors import DatasetError
+from spatialflow.model.inputs import collate_panoptic
 
 from conftest import tiny_scene, write_tiny_dataset
 

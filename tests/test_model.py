@@ -260,7 +260,8 @@ def test_resnet10_is_torchvisions_resnet_with_one_block_a_stage():
 def test_overfits_two_synthetic_images(tmp_path):
     """The tiny preset drives all four losses down on two synthetic images and then finds
     their objects (every GT box matched by a detection of its class with IoU > 0.5)."""
-    from spatialflow.data.coco_panoptic import CocoPanopticDataset, collate_panoptic
+    from spatialflow.data.coco_panoptic import CocoPanopticDataset
+    from spatialflow.model.inputs import collate_panoptic
     from spatialflow.data.synthetic import make_synthetic
 
     make_synthetic(tmp_path, num_train=6, num_val=1, size=128, seed=1, workers=1, progress=False)
@@ -313,7 +314,7 @@ def test_paste_masks_matches_torchvision():
     the image, none at all)."""
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-    from spatialflow.model.spatialflow import paste_mask_crops, paste_masks
+    from spatialflow.model.masks import paste_mask_crops, paste_masks
 
     g = torch.Generator().manual_seed(0)
     h, w = 90, 130

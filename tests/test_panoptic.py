@@ -7,7 +7,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from spatialflow.data.categories import CategoryMap
-from spatialflow.panoptic import BoxMasks, merge, merge_outputs, stuff_map
+from spatialflow.model.masks import BoxMasks, stuff_map
+from spatialflow.panoptic import merge, merge_outputs
 
 from conftest import TINY_CATEGORIES
 

@@ -33,7 +33,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import boxes as box_ops
 
 from spatialflow.data.categories import CategoryMap
-from spatialflow.data.coco_panoptic import batch_images
+from spatialflow.model.inputs import batch_images
 from spatialflow.engine.runs import Predictor
 from spatialflow.errors import InputError
 from spatialflow.model.backbone import FPN_LEVELS

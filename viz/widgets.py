@@ -172,7 +172,7 @@ def as_predict_fn(model, categories: CategoryMap, infer: InferConfig, test_size:
     merges it with its sliders' thresholds): :meth:`Predictor.raw
     <spatialflow.engine.runs.Predictor.raw>` of a :class:`~spatialflow.engine.runs.Predictor`,
     or of a ``torch.nn.Module`` wrapped in one with ``infer``, ``test_size``, ``max_size`` and
-    ``device``, with the masks as a :class:`~spatialflow.panoptic.BoxMasks` (each inside its
+    ``device``, with the masks as a :class:`~spatialflow.model.masks.BoxMasks` (each inside its
     box: the cached outputs stay small and a slider's merge reads the boxes only); any other
     callable is taken as a predict function itself; ``None`` for ``None``."""
     if model is None:
@@ -289,7 +289,7 @@ class PanopticExplorer:
             ``test_size``, ``max_size`` and ``device``), a ``Predictor``, or a
             predict function ``image uint8[H,W,3] -> raw output dict`` (``boxes``, ``scores``,
             ``labels``, ``masks`` (dense ``[M,1,H,W]`` or a
-            :class:`~spatialflow.panoptic.BoxMasks`), ``sem_seg`` at the image size).
+            :class:`~spatialflow.model.masks.BoxMasks`), ``sem_seg`` at the image size).
         infer: the merge thresholds the sliders start from (and the model's TTA settings).
         test_size, max_size, device: how a ``torch.nn.Module`` is run.
         model_b: a second model (same kinds as ``model``): A/B mode, both predictions side by

@@ -14,7 +14,8 @@ import torch
 from spatialflow.benchmark.machine import precision_name
 from spatialflow.benchmark.timing import median_time, peak_rss_mb
 from spatialflow.config import config_to_dict, load_config
-from spatialflow.data.coco_panoptic import CocoPanopticDataset, collate_panoptic
+from spatialflow.data.coco_panoptic import CocoPanopticDataset
+from spatialflow.model.inputs import collate_panoptic
 from spatialflow.data.synthetic import make_synthetic
 from spatialflow.data.transforms import build_transforms
 from spatialflow.engine.cpu_step import StepFormat, tuned_format

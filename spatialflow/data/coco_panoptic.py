@@ -26,14 +26,11 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torchvision.models.detection.image_list import ImageList
 
 from spatialflow.data.categories import IGNORE_INDEX, CategoryMap
 from spatialflow.data.panoptic_io import (attach_stats, exif_orientation, index_images,
                                           load_json, read_image, read_panoptic_png)
-from spatialflow.data.transforms import INSTANCE_FIELDS, boxes_from_masks, pad_to_divisible
-from spatialflow.config import PAD_MULTIPLE
+from spatialflow.data.transforms import INSTANCE_FIELDS, boxes_from_masks
 from spatialflow.errors import DatasetError
 
 
@@ -435,49 +432,10 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
         raise DatasetError(f"{root}: no panoptic JSON for split '{split}' (looked for {tried})")
 
 
-def batch_images(images: Sequence[torch.Tensor],
-                 size_divisibility: int = PAD_MULTIPLE) -> ImageList:
-    """Zero-pad ``[3,H,W]`` images bottom/right to one size divisible by ``size_divisibility``
-    (32 = the stride of P5, :data:`spatialflow.config.PAD_MULTIPLE`) and stack them as a torchvision ``ImageList`` whose
-    ``image_sizes`` are the unpadded sizes."""
-    max_h = max(int(im.shape[-2]) for im in images)
-    max_w = max(int(im.shape[-1]) for im in images)
-    ph, pw = pad_to_divisible(max_h, max_w, size_divisibility)
-    tensor = images[0].new_zeros((len(images), images[0].shape[0], ph, pw))
-    for i, im in enumerate(images):
-        tensor[i, :, :im.shape[-2], :im.shape[-1]] = im
-    return ImageList(tensor, [(int(im.shape[-2]), int(im.shape[-1])) for im in images])
-
-
-def pad_target(target: dict, height: int, width: int) -> dict:
-    """A copy of ``target`` with masks padded by 0 and ``sem_seg`` by 255 to ``(height, width)``,
-    so padding is never trained as a class."""
-    t = dict(target)
-    h, w = t["sem_seg"].shape[-2:]
-    if (h, w) == (height, width):
-        return t
-    t["sem_seg"] = F.pad(t["sem_seg"], (0, width - w, 0, height - h), value=IGNORE_INDEX)
-    for key in ("masks", "crowd_masks"):
-        if key in t:
-            t[key] = F.pad(t[key], (0, width - w, 0, height - h), value=0)
-    return t
-
-
-def collate_panoptic(batch: Sequence, size_divisibility: int = PAD_MULTIPLE):
-    """Batch ``(image, target)`` pairs for the model: images as :func:`batch_images`, targets
-    padded alike (:func:`pad_target`)."""
-    images, targets = zip(*batch)
-    image_list = batch_images(images, size_divisibility)
-    ph, pw = image_list.tensors.shape[-2:]
-    return image_list, [pad_target(t, ph, pw) for t in targets]
-
-
 def count_skipped(targets: Sequence[dict]) -> int:
     """Number of unreadable items that were replaced to fill this batch (``on_error="skip"``)."""
     return sum(len(t.get("skipped", ())) for t in targets)
 
 
-__all__ = ["CocoPanopticDataset", "DatasetError", "check_segment_ids", "collate_panoptic",
-           "count_skipped",
-           "batch_images", "pad_target",
+__all__ = ["CocoPanopticDataset", "DatasetError", "check_segment_ids", "count_skipped",
            "panoptic_to_target", "target_to_panoptic", "INSTANCE_FIELDS"]

@@ -20,8 +20,7 @@ from spatialflow.config import InferConfig
 from spatialflow.data.panoptic_io import IMAGE_EXTENSIONS, read_image, write_panoptic_png
 from spatialflow.data.transforms import pad_to_divisible, shortest_edge_size
 from spatialflow.errors import DatasetError, InputError
-from spatialflow.model.spatialflow import paste_mask_crops
-from spatialflow.panoptic import stuff_map
+from spatialflow.model.masks import paste_mask_crops, stuff_map
 from spatialflow.render import detection_overlay, panoptic_overlay, save_png, side_by_side
 
 
@@ -72,13 +71,13 @@ def predict_tta(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
                 dense_masks: bool = True) -> dict:
     """Multi-scale + flip test-time augmentation of one ``float[3,H,W]`` image (the passes of
     :func:`augmentations`): the stuff probabilities of all passes are averaged and give the
-    stuff map (:func:`~spatialflow.panoptic.stuff_map`); the detections of all passes are
+    stuff map (:func:`~spatialflow.model.masks.stuff_map`); the detections of all passes are
     pooled and reduced by per-class NMS (``nms_thresh``, top ``detections_per_img``); each kept
     box's 28x28 mask probabilities are averaged over the passes (the thing head run on every
     pass's features; with ``mask_conf``, for the detections scoring at least that only) and
     pasted once. Returns the raw output (``boxes``, ``scores``, ``labels``, ``masks``,
     ``sem_seg``) at the original size; with ``dense_masks=False`` the masks are a
-    :class:`~spatialflow.panoptic.BoxMasks`. A detector alone gives the pooled ``boxes``,
+    :class:`~spatialflow.model.masks.BoxMasks`. A detector alone gives the pooled ``boxes``,
     ``scores`` and ``labels`` only."""
     model.eval()
     panoptic = getattr(model, "panoptic", True)
@@ -127,7 +126,7 @@ def predict_raw(model, image: torch.Tensor, infer: InferConfig = InferConfig(),
     ``infer.tta_scales`` or ``infer.tta_flip`` set, :func:`predict_tta`'s. Masks are those of
     every detection, or with ``mask_conf`` of the detections scoring at least that (the first
     ones; a merge with that ``mask_conf`` or higher uses no other). With ``dense_masks=False``
-    the masks are a :class:`~spatialflow.panoptic.BoxMasks` (what the merge reads fastest)."""
+    the masks are a :class:`~spatialflow.model.masks.BoxMasks` (what the merge reads fastest)."""
     return predict_raw_batch(model, [image], infer, test_size, max_size, device, mask_conf,
                              dense_masks)[0]
 

@@ -362,7 +362,7 @@ class Predictor:
             dense_masks: bool = True) -> dict:
         """The model's raw output at the image's size (:func:`~spatialflow.engine.predict.
         predict_raw`): masks of every detection, or with ``mask_conf`` of those scoring at
-        least that; with ``dense_masks=False`` as a :class:`~spatialflow.panoptic.BoxMasks`
+        least that; with ``dense_masks=False`` as a :class:`~spatialflow.model.masks.BoxMasks`
         (what the merge reads fastest)."""
         return self.raw_batch([image], mask_conf, dense_masks)[0]
 
@@ -406,7 +406,7 @@ class Predictor:
         """Yield ``(index, record, raw output, panoptic id map, segments_info)`` for the items
         of a :class:`~spatialflow.data.CocoPanopticDataset` (read without its transforms), at
         their original size, in the order of ``indices``. The raw output's masks are a
-        :class:`~spatialflow.panoptic.BoxMasks` (``.dense()`` gives the tensor). For a detector
+        :class:`~spatialflow.model.masks.BoxMasks` (``.dense()`` gives the tensor). For a detector
         alone the id map and segments are ``None``.
 
         Consecutive items of one :meth:`padded_size` go through the model together, up to

@@ -33,7 +33,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from spatialflow.config import Config, config_from_dict, config_to_dict, load_config, save_config
-from spatialflow.data.coco_panoptic import CocoPanopticDataset, collate_panoptic
+from spatialflow.data.coco_panoptic import CocoPanopticDataset
+from spatialflow.model.inputs import collate_panoptic
 from spatialflow.data.sampling import SeededItems, TrainBatches
 from spatialflow.data.transforms import build_transforms
 from spatialflow.engine.cpu_step import (TUNE_MIN_ITERS, StepFormat, cpu_has_amx, describe,

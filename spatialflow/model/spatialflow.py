@@ -17,56 +17,21 @@ from torch import nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNet
-from torchvision.models.detection.roi_heads import (expand_boxes, expand_masks,
-                                                    maskrcnn_inference, maskrcnn_loss)
+from torchvision.models.detection.roi_heads import maskrcnn_inference, maskrcnn_loss
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import box_iou
 
 from spatialflow.config import PAD_MULTIPLE, Config, ModelConfig
 from spatialflow.data.categories import IGNORE_INDEX, CategoryMap
-from spatialflow.data.coco_panoptic import batch_images, pad_target
 from spatialflow.model.backbone import build_backbone
 from spatialflow.model.detection import anchor_generator
+from spatialflow.model.inputs import batch_images, pad_target
 from spatialflow.model.heads import StuffHead, ThingHead, detection_head
 from spatialflow.model.seeding import model_seed, part
 from spatialflow.model.subnets import SubNetworks
-from spatialflow.panoptic import BoxMasks, stuff_map
+from spatialflow.model.masks import paste_mask_crops, stuff_map
 
 ImageInput = Union[ImageList, torch.Tensor, Sequence[torch.Tensor]]
-
-
-def paste_mask_crops(masks: torch.Tensor, boxes: torch.Tensor, image_size: Sequence[int],
-                     padding: int = 1) -> BoxMasks:
-    """Each ``[K,1,28,28]`` mask resized bilinearly into its (xyxy, in-image) box and kept as
-    a crop of the image (:class:`~spatialflow.panoptic.BoxMasks`): the values of torchvision's
-    ``paste_masks_in_image`` (whose box and padding handling it reuses) inside the boxes,
-    without writing the zeros around them."""
-    masks, scale = expand_masks(masks, padding=padding)
-    boxes = expand_boxes(boxes, scale).to(torch.int64).tolist()
-    im_h, im_w = (int(v) for v in image_size)
-    crops, origins = [], []
-    for i, (x0, y0, x1, y1) in enumerate(boxes):
-        a0, a1, b0, b1 = max(x0, 0), min(x1 + 1, im_w), max(y0, 0), min(y1 + 1, im_h)
-        if a1 <= a0 or b1 <= b0:  # a box outside the image: an empty crop
-            crops.append(masks.new_zeros((0, 0)))
-            origins.append((0, 0))
-            continue
-        size = (max(y1 - y0 + 1, 1), max(x1 - x0 + 1, 1))
-        m = F.interpolate(masks[i:i + 1], size=size, mode="bilinear", align_corners=False)
-        crops.append(m[0, 0, b0 - y0:b1 - y0, a0 - x0:a1 - x0])
-        origins.append((b0, a0))
-    return BoxMasks(tuple(crops), tuple(origins), (im_h, im_w))
-
-
-def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: Sequence[int],
-                padding: int = 1) -> torch.Tensor:
-    """``float[K,1,H,W]``: each ``[K,1,28,28]`` mask resized bilinearly into its (xyxy,
-    in-image) box, zero elsewhere. The values of torchvision's ``paste_masks_in_image``,
-    written into one tensor instead of a zero image per mask stacked afterwards: half the
-    memory traffic, about 2x faster for 100 masks (:func:`paste_mask_crops`, made dense)."""
-    if len(masks) == 0:
-        return masks.new_zeros((0, 1, *(int(v) for v in image_size)))
-    return paste_mask_crops(masks, boxes, image_size, padding).dense()
 
 
 def stuff_loss(logits: torch.Tensor, sem_seg: torch.Tensor) -> torch.Tensor:
@@ -209,7 +174,7 @@ class SpatialFlow(RetinaNet):
         resized image: boxes are scaled and masks pasted at that size). The panoptic merge uses
         no mask of a detection below its ``mask_conf``: with ``mask_score_thresh = mask_conf``
         the thing head skips those detections. With ``dense_masks=False`` the masks come as a
-        :class:`~spatialflow.panoptic.BoxMasks` (each inside its box, no zeros around it: what
+        :class:`~spatialflow.model.masks.BoxMasks` (each inside its box, no zeros around it: what
         the merge needs, faster to make and to merge).
 
         A detector alone (``panoptic=False``) gives ``{"loss_cls", "loss_reg"}`` in training
