@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE))
 
 from spatialflow.benchmark.timing import machine_info  # noqa: E402
 from spatialflow.data.synthetic import make_synthetic  # noqa: E402
-from spatialflow.engine.runs import evaluate_run  # noqa: E402
+from spatialflow.engine.predict import evaluate_run  # noqa: E402
 from spatialflow.evaluation import metrics_row  # noqa: E402
 from spatialflow.studies import components_variants, run_study  # noqa: E402
 from spatialflow.studies.variants import STUDY_VAL_IMAGES  # noqa: E402

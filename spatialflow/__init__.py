@@ -20,8 +20,8 @@ _EXPORTS = {
     "train": "spatialflow.engine.train",
     "load_run": "spatialflow.engine.runs",
     "load_weights": "spatialflow.engine.runs",
-    "Predictor": "spatialflow.engine.runs",
-    "evaluate_run": "spatialflow.engine.runs",
+    "Predictor": "spatialflow.engine.predict",
+    "evaluate_run": "spatialflow.engine.predict",
     "evaluate": "spatialflow.evaluation",
     "SpatialFlow": "spatialflow.model.spatialflow",
 }

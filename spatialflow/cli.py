@@ -183,8 +183,9 @@ def cmd_demo(args) -> int:
     import time
 
     from spatialflow.config import load_config
-    from spatialflow.data.synthetic import format_data_stats, make_synthetic, data_stats
-    from spatialflow.engine.runs import CONFIG, FINAL, FINAL_EVAL, evaluate_run
+    from spatialflow.data.synthetic import data_stats, format_data_stats
+    from spatialflow.engine.predict import evaluate_run
+    from spatialflow.engine.runs import CONFIG, FINAL, eval_folder, run_dataset, synthetic_data
     from spatialflow.engine.train import train_or_resume
     from spatialflow.evaluation import format_metrics
 
@@ -213,9 +214,7 @@ def cmd_demo(args) -> int:
     s = cfg.data.synthetic
     print(f"[1/4] synthetic data: {s.num_train} train + {s.num_val} val images of "
           f"{s.size}x{s.size} px (seed {s.seed}) -> {data_dir}")
-    if not (data_dir / f"panoptic_{cfg.data.val_split}.json").is_file():
-        make_synthetic(data_dir, num_train=s.num_train, num_val=s.num_val, size=s.size,
-                       seed=s.seed, progress=True, scene=s.scene)
+    synthetic_data(cfg, data_dir)
     print(format_data_stats(data_stats(data_dir)))
     t_data = time.perf_counter()
 
@@ -228,10 +227,8 @@ def cmd_demo(args) -> int:
     t_train = time.perf_counter()
 
     print(f"[3/4] evaluating on the {cfg.data.val_split} split (panopticapi, pycocotools)")
-    from spatialflow.data.coco_panoptic import CocoPanopticDataset
-
-    val = CocoPanopticDataset.from_root(data_dir, cfg.data.val_split)
-    eval_dir = run / FINAL_EVAL
+    val = run_dataset(run, cfg=cfg)
+    eval_dir = eval_folder(run)
     metrics = evaluate_run(run, val, eval_dir)
     table = format_metrics(metrics, val.categories, per_class=True)
     print(table)
@@ -251,25 +248,49 @@ def cmd_demo(args) -> int:
 
 
 def _demo_overlays(dataset, eval_dir: Path, out_dir: Path, count: int) -> list:
-    """Ground truth | prediction overlays of the first ``count`` images of ``dataset``."""
+    """Image | ground truth | prediction of the first ``count`` images of ``dataset`` that hold
+    a thing, each panel titled, enlarged to about 384 px (nearest neighbour), with boxes and
+    class names on the things and a legend of the classes shown."""
     import json
 
+    import numpy as np
+
     from spatialflow.data.panoptic_io import read_panoptic_png
-    from spatialflow.render import panoptic_overlay, save_png, side_by_side
+    from spatialflow.render import (captioned, enlarged, legend_strip, panoptic_overlay,
+                                    save_png, side_by_side)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     pred = {a["image_id"]: a for a in json.loads((eval_dir / "panoptic_pred.json").read_text())[
         "annotations"]}
+    cats = dataset.categories
+
+    def scaled(segments, f):
+        return [dict(s, bbox=[v * f for v in s["bbox"]]) if "bbox" in s else s for s in segments]
+
     paths = []
-    for i in range(min(count, len(dataset))):
+    for i in range(len(dataset)):
+        if len(paths) >= count:
+            break
+        rec = dataset.annotation(i)
+        if not any(cats.is_thing(s["category_id"]) for s in rec["segments_info"]):
+            continue  # an image without things shows nothing of what the model finds
         image, gt_pan, rec = dataset.load(i)
         p = pred[rec["image_id"]]
         pred_pan = read_panoptic_png(eval_dir / "panoptic_pred" / p["file_name"])
-        gt = panoptic_overlay(image, gt_pan, rec["segments_info"], dataset.categories)
-        pr = panoptic_overlay(image, pred_pan, p["segments_info"], dataset.categories,
-                              boxes=True)
+        f = max(1, 384 // max(image.shape[:2]))
+        big = enlarged(image, f)
+        gt = panoptic_overlay(big, enlarged(gt_pan, f), scaled(rec["segments_info"], f), cats,
+                              boxes=True, labels=True)
+        pr = panoptic_overlay(big, enlarged(pred_pan, f), scaled(p["segments_info"], f), cats,
+                              boxes=True, labels=True)
+        strip = side_by_side(captioned(big, f"image {rec['image_id']}"),
+                             captioned(gt, "ground truth"),
+                             captioned(pr, "prediction (boxes, classes)"))
+        shown = sorted({s["category_id"] for s in rec["segments_info"] + p["segments_info"]},
+                       key=lambda c: (not cats.is_thing(c), cats.name(c)))
+        strip = np.concatenate([strip, legend_strip(shown, cats, strip.shape[1])], axis=0)
         path = out_dir / f"{Path(p['file_name']).stem}.png"
-        save_png(path, side_by_side(image, gt, pr))
+        save_png(path, strip)
         paths.append(path)
     return paths
 
@@ -281,7 +302,8 @@ def _demo_report(path: Path, cfg, metrics, table, overlays, timings, command) ->
              "Time on this machine: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
              + ".", "", "Metrics on the synthetic val split (panopticapi `pq_compute`, "
              "pycocotools `COCOeval` for boxes; x100):", "", "```", table, "```", "",
-             "Overlays (image | ground truth | prediction):", ""]
+             "Overlays of the first val images that hold things (image | ground truth | "
+             "prediction):", ""]
     lines += [f"![{p.stem}](overlays/{p.name})" for p in overlays]
     path.write_text("\n".join(lines) + "\n")
 
@@ -302,17 +324,14 @@ def cmd_evaluate(args) -> int:
     ``OUT/skipped.json``), and the exit code is then 2."""
     import warnings
 
-    from spatialflow.data.coco_panoptic import CocoPanopticDataset
-    from spatialflow.engine.runs import (FINAL_EVAL, Predictor, evaluate_run, prepare_data,
-                                         run_folder)
+    from spatialflow.engine.predict import Predictor, evaluate_run
+    from spatialflow.engine.runs import eval_folder, run_dataset, run_folder
     from spatialflow.evaluation import SkippedItemWarning, format_metrics, present_categories
 
     predictor = Predictor.from_run(args.run, overrides=args.set)
     cfg, run = predictor.config, run_folder(args.run)
-    root = Path(args.data) if args.data else prepare_data(cfg, run)
-    ds = CocoPanopticDataset.from_root(root, args.split or cfg.data.val_split,
-                                       on_error=cfg.data.on_error)
-    out = Path(args.out) if args.out else run / FINAL_EVAL
+    ds = run_dataset(run, args.split, args.data, cfg)
+    out = Path(args.out) if args.out else eval_folder(run)
     skipped = []
 
     def list_skipped():
@@ -343,8 +362,7 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     """Panoptic predictions for image files or folders: PNGs + JSON (COCO panoptic) and
     overlays. Unreadable files are skipped and listed at the end (exit code 2)."""
-    from spatialflow.engine.predict import list_images
-    from spatialflow.engine.runs import Predictor
+    from spatialflow.engine.predict import Predictor, list_images
 
     predictor = Predictor.from_run(args.run, overrides=args.set)
     files = list_images(args.inputs)

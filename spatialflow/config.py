@@ -13,7 +13,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import List, Mapping, Optional, Sequence, Union
 
 import yaml
 
@@ -353,19 +353,29 @@ def load_config(name_or_path: Union[str, Path, None] = "tiny-cpu",
 
 def apply_overrides(cfg: Config, overrides: Sequence[str] = (),
                     allowed: Optional[Sequence[str]] = None) -> Config:
-    """``cfg`` with ``key.path=value`` overrides applied and checked; ``allowed``: key prefixes
-    that may change (e.g. ``("infer.",)`` for a trained model), others are refused."""
+    """``cfg`` with ``key.path=value`` overrides (text, as ``--set`` gives them) applied and
+    checked; ``allowed``: key prefixes that may change (e.g. ``("infer.",)`` for a trained
+    model), others are refused."""
     for text in overrides:
         keys, value = parse_override(text)
-        name = ".".join(keys)
+        cfg = update_config(cfg, {".".join(keys): value}, allowed, check=False)
+    return _check(cfg)
+
+
+def update_config(cfg: Config, changes: Mapping[str, object],
+                  allowed: Optional[Sequence[str]] = None, check: bool = True) -> Config:
+    """``cfg`` with ``{"infer.mask_conf": 0.5, ...}`` (dotted keys, Python values: no text
+    round trip) applied, type-checked and (``check``) checked as a whole, as
+    :func:`apply_overrides` does; ``allowed``: key prefixes that may change."""
+    for name, value in changes.items():
         if allowed is not None and not any(name == a or name.startswith(a) for a in allowed):
             raise ConfigError(f"config key '{name}' cannot change here (only "
                               f"{', '.join(a + '*' if a.endswith('.') else a for a in allowed)})")
         nested = value
-        for k in reversed(keys):
+        for k in reversed(name.split(".")):
             nested = {k: nested}
         cfg = _merge(cfg, nested)
-    return _check(cfg)
+    return _check(cfg) if check else cfg
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -13,6 +13,8 @@ import contextlib
 import io
 import json
 import math
+import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -32,9 +34,20 @@ BOX_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def _quiet(fn, *args, **kwargs):
-    """Call one of the official tools with its console chatter captured."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return fn(*args, **kwargs)
+    """Call one of the official tools with its console chatter captured: what it prints here,
+    and what the worker processes of panopticapi's ``multiprocessing.Pool`` print (they write
+    to file descriptor 1 when they are spawned, as in a process of a study's pool, not forked),
+    so descriptor 1 points to ``os.devnull`` during the call."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        with contextlib.redirect_stdout(io.StringIO()):
+            return fn(*args, **kwargs)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def pq(gt_json, gt_dir, pred_json, pred_dir) -> dict:
@@ -385,6 +398,12 @@ def present_categories(dataset, eval_dir) -> set:
     return present
 
 
+def _ap(value: float) -> str:
+    """A box AP of pycocotools x100; "n/a" for its -1, which means nothing to measure (e.g.
+    APl where the split has no large object)."""
+    return "n/a" if value < 0 else f"{100 * value:.1f}"
+
+
 def format_metrics(metrics: dict, categories: Optional[CategoryMap] = None,
                    per_class: bool = False, present: Optional[set] = None) -> str:
     """The metrics as a text table: PQ / SQ / RQ (x100) for All, Things, Stuff, box AP, and
@@ -401,7 +420,7 @@ def format_metrics(metrics: dict, categories: Optional[CategoryMap] = None,
                          f"{100 * r['rq']:6.1f} {r['n']:4d}")
     b = metrics.get("bbox")
     if b:
-        lines.append("box AP: " + "  ".join(f"{k} {100 * b[k]:.1f}" for k in BOX_KEYS))
+        lines.append("box AP: " + "  ".join(f"{k} {_ap(b[k])}" for k in BOX_KEYS))
     if per_class and categories is not None and p:
         lines.append(f"{'class':16s} {'PQ':>6s} {'SQ':>6s} {'RQ':>6s}")
         absent = 0
@@ -429,8 +448,8 @@ def evaluate(gt_json, gt_dir, pred_json, pred_dir, detections: Optional[List[dic
     box AP is that of ``detections`` (COCO results: ``image_id``, ``category_id``, ``bbox``
     xywh, ``score``) against the things of the panoptic ground truth, and is left out when no
     ``detections`` are given. With ``out_dir`` the metrics go to ``out_dir/metrics.json`` too.
-    To run a model and score it, use :func:`spatialflow.engine.runs.evaluate_run` or
-    :meth:`~spatialflow.engine.runs.Predictor.evaluate`."""
+    To run a model and score it, use :func:`spatialflow.engine.predict.evaluate_run` or
+    :meth:`~spatialflow.engine.predict.Predictor.evaluate`."""
     gt = load_json(gt_json, required=("annotations", "categories"))
     pred = load_json(pred_json, required=("annotations",))
     ids = {a["image_id"] for a in pred["annotations"]}

@@ -98,5 +98,43 @@ def side_by_side(*panels: np.ndarray, gap: int = 4) -> np.ndarray:
     return np.concatenate(cols, axis=1)
 
 
+def enlarged(image: np.ndarray, factor: int) -> np.ndarray:
+    """``image`` (``[H,W]`` or ``[H,W,C]``) drawn ``factor`` times larger by nearest neighbour,
+    so that its pixels stay honest."""
+    return np.repeat(np.repeat(np.asarray(image), factor, 0), factor, 1)
+
+
+def captioned(panel: np.ndarray, title: str, height: int = 16) -> np.ndarray:
+    """``panel`` under a white strip ``height`` pixels tall holding ``title``."""
+    strip = Image.new("RGB", (panel.shape[1], height), (255, 255, 255))
+    ImageDraw.Draw(strip).text((3, 2), title, fill=(0, 0, 0))
+    return np.concatenate([np.asarray(strip), np.asarray(panel, np.uint8)], axis=0)
+
+
+def legend_strip(category_ids: Sequence[int], categories: CategoryMap, width: int,
+                 row: int = 16) -> np.ndarray:
+    """``uint8[h, width, 3]``: a white strip naming each of ``category_ids`` beside a square of
+    its colour, wrapped onto as many rows as it needs."""
+    names = [(categories.name(c), tuple(int(v) for v in categories[c]["color"]))
+             for c in category_ids]
+    rows, x = 1, 4
+    for name, _ in names:  # (a character of PIL's default font is about 6 px wide)
+        step = 16 + 6 * len(name) + 10
+        if x + step > width and x > 4:
+            rows, x = rows + 1, 4
+        x += step
+    strip = Image.new("RGB", (width, rows * row), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    x, y = 4, 0
+    for name, color in names:
+        step = 16 + 6 * len(name) + 10
+        if x + step > width and x > 4:
+            x, y = 4, y + row
+        draw.rectangle([x, y + 3, x + 10, y + 13], fill=color, outline=(0, 0, 0))
+        draw.text((x + 14, y + 2), name, fill=(0, 0, 0))
+        x += step
+    return np.asarray(strip)
+
+
 def save_png(path, array: np.ndarray) -> None:
     Image.fromarray(np.asarray(array, np.uint8)).save(path)

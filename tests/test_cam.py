@@ -211,7 +211,7 @@ def test_cls_cam_is_on_the_object(trained):
     assert cam[inside].mean() > max(0.3, 8 * cam[far].mean()), (cam[inside].mean(),
                                                                  cam[far].mean())
     assert model.training
-    from spatialflow.engine.runs import Predictor
+    from spatialflow.engine.predict import Predictor
     same = C.compute_cam(Predictor(model, CATS), image, "cls",
                          C.ClassScoreTarget(CATS.thing_index(1)))   # a Predictor: its model
     assert np.allclose(same, cam, atol=1e-5) and model.training

@@ -71,7 +71,17 @@ def test_demo_trains_evaluates_and_reports(tmp_path, capsys):
     demo = tmp_path / "demo"
     report = (demo / "report.md").read_text()
     assert "PQ" in report and "overlays/" in report
-    assert len(list((demo / "overlays").glob("*.png"))) == 2
+    # the overlays: the val images that hold a thing, enlarged, titled, with a legend
+    val = json.loads((demo / "data" / "panoptic_val.json").read_text())
+    thing_ids = {c["id"] for c in val["categories"] if c["isthing"]}
+    with_things = [a for a in val["annotations"]
+                   if any(s["category_id"] in thing_ids for s in a["segments_info"])]
+    pngs = sorted((demo / "overlays").glob("*.png"))
+    assert len(pngs) == min(2, len(with_things)) > 0
+    from PIL import Image
+    width, height = Image.open(pngs[0]).size
+    assert width >= 3 * 384 and height > 384  # three 384 px panels, titles and a legend
+    assert "first val images that hold things" in report
     metrics = json.loads((demo / "run" / "eval" / "final" / "metrics.json").read_text())
     assert set(metrics) == {"panoptic", "bbox"}
     # a second run reuses the trained model

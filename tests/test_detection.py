@@ -13,7 +13,8 @@ from spatialflow.cli import main
 from spatialflow.config import load_config
 from spatialflow.data.categories import CategoryMap
 from spatialflow.data.synthetic import SYNTHETIC_CATEGORIES
-from spatialflow.engine.runs import Predictor, evaluate_run, load_run, load_weights
+from spatialflow.engine.predict import Predictor, evaluate_run
+from spatialflow.engine.runs import load_run, load_weights
 from spatialflow.engine.train import train
 from spatialflow.errors import ConfigError, InputError
 from spatialflow.model import build_model

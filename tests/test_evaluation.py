@@ -8,7 +8,7 @@ import torch
 from spatialflow.config import InferConfig
 from spatialflow.data.coco_panoptic import CocoPanopticDataset
 from spatialflow.data.synthetic import make_synthetic
-from spatialflow.engine.runs import Predictor
+from spatialflow.engine.predict import Predictor
 from spatialflow.evaluation import (box_ap, evaluate, format_metrics, gt_boxes_from_panoptic,
                                     present_categories)
 
@@ -130,3 +130,30 @@ def test_pq_with_an_empty_group(tmp_path):
     res = pq(js, png_dir, js, png_dir)
     assert res["Things"] == {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0}
     assert res["Stuff"]["pq"] == pytest.approx(1.0) and res["All"]["n"] == 1
+
+
+def _pq_of_the_ground_truth_against_itself(gt_json, gt_dir):
+    from spatialflow.evaluation import pq
+
+    result = pq(gt_json, gt_dir, gt_json, gt_dir)
+    print("scored", round(result["All"]["pq"], 3))
+
+
+def test_panopticapis_prints_are_captured_in_a_spawned_process(synth, capfd):
+    """A study trains and evaluates its runs in spawned processes, where panopticapi's
+    multiprocessing pool is spawned too and prints to the file descriptor ("Core: 0, ... images
+    processed"): none of it reaches the user."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(_pq_of_the_ground_truth_against_itself, str(synth.panoptic_json),
+                    str(synth.panoptic_dir)).result()
+    out = capfd.readouterr().out
+    assert "scored 1.0" in out and "Core:" not in out and "images processed" not in out
+
+
+def test_a_box_ap_with_nothing_to_measure_prints_as_n_a():
+    b = {"AP": 0.25, "AP50": 0.5, "AP75": 0.125, "APs": 0.2, "APm": 0.3, "APl": -1.0}
+    text = format_metrics({"bbox": b})
+    assert "AP 25.0" in text and "APl n/a" in text and "-100" not in text

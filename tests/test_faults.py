@@ -16,7 +16,8 @@ import torch
 import spatialflow.engine.train as train_module
 from spatialflow.cli import main
 from spatialflow.engine.faults import StopSignals, agree, grads_finite, nonfinite_terms
-from spatialflow.engine.runs import (CHECKPOINT, FINAL, LOCK, Predictor, RunBusy, load_checkpoint,
+from spatialflow.engine.predict import Predictor
+from spatialflow.engine.runs import (CHECKPOINT, FINAL, LOCK, RunBusy, load_checkpoint,
                                      save_checkpoint)
 from spatialflow.engine.train import train
 from spatialflow.errors import TrainingDiverged

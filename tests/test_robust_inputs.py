@@ -207,7 +207,7 @@ def test_dataset_checks_its_pngs_against_the_turned_image(tmp_path):
 # --- tiny and extreme images through the whole prediction path ------------------------------
 @pytest.mark.parametrize("h, w", [(1, 1), (1, 300), (300, 1), (2, 3)])
 def test_predict_image_on_tiny_and_thin_images(tiny_run, h, w):
-    from spatialflow.engine.runs import Predictor
+    from spatialflow.engine.predict import Predictor
 
     # every detection kept, so that boxes, masks and the merge all see the thin image
     predictor = Predictor.from_run(tiny_run[0], score_thresh=0, mask_conf=0, stuff_area=0)
@@ -288,7 +288,7 @@ def _break_two(root):
 
 
 def test_evaluate_skips_unreadable_items_and_reports_them(tiny_run, tmp_path):
-    from spatialflow.engine.runs import Predictor
+    from spatialflow.engine.predict import Predictor
     from spatialflow.evaluation import SkippedItemWarning
 
     root = _val_copy(tiny_run[1], tmp_path / "data")
@@ -328,7 +328,7 @@ def test_evaluate_skips_unreadable_items_and_reports_them(tiny_run, tmp_path):
 def test_evaluate_fills_missing_area_bbox_iscrowd_from_the_png(tiny_run, tmp_path):
     """panopticapi reads ``area`` and ``iscrowd`` of every ground-truth segment and the box
     ground truth its ``bbox``; the reader does not need them, so they are taken from the PNG."""
-    from spatialflow.engine.runs import evaluate_run
+    from spatialflow.engine.predict import evaluate_run
 
     root = _val_copy(tiny_run[1], tmp_path / "data")
     js = root / "panoptic_val.json"

@@ -1,5 +1,6 @@
-"""The home of runs (spatialflow.engine.runs): Predictor, evaluate_run, build_model with a plain
-category list. (The one-writer lock: tests/test_faults.py::test_one_writer_per_run_folder.)"""
+"""Runs and prediction (spatialflow.engine.runs, spatialflow.engine.predict): Predictor,
+evaluate_run, run_dataset, build_model with a plain category list. (The one-writer lock:
+tests/test_faults.py::test_one_writer_per_run_folder.)"""
 
 import json
 
@@ -12,7 +13,8 @@ import spatialflow
 from spatialflow.config import load_config
 from spatialflow.data.coco_panoptic import CocoPanopticDataset
 from spatialflow.data.panoptic_io import read_image
-from spatialflow.engine.runs import FINAL_EVAL, Predictor, evaluate_run
+from spatialflow.engine.predict import Predictor, evaluate_run
+from spatialflow.engine.runs import FINAL_EVAL, run_dataset
 from spatialflow.engine.train import train
 from spatialflow.errors import InputError
 from spatialflow.model import build_model
@@ -54,12 +56,44 @@ def test_predictor_settings_come_from_the_run_and_its_overrides(run):
     changed = Predictor.from_run(run, overrides=["infer.overlap=0.2"], mask_conf=0.6,
                                  nms_thresh=0.3, test_size=96)
     assert changed.infer.mask_conf == 0.6 and changed.infer.overlap == 0.2
-    assert changed.test_size == 96 and changed.model.nms_thresh == 0.3
+    assert changed.test_size == 96 and changed.infer.nms_thresh == 0.3
     assert changed.at_size(64, 80).test_size == 64 and changed.test_size == 96
     with pytest.raises(InputError, match="unknown inference setting.*mask_confidence"):
         Predictor.from_run(run, mask_confidence=0.5)
     with pytest.raises(InputError, match="cannot change here"):
         Predictor.from_run(run, overrides=["model.fpn_channels=32"])
+
+
+def test_the_predictors_thresholds_reach_the_model(run, data_root):
+    """One home for thresholds: the detection thresholds of a predictor's settings decide what
+    the model keeps, whether set by from_run or by with_settings on a predictor that shares the
+    model with another."""
+    image = read_image(sorted((data_root / "val").iterdir())[0])
+    kept = {}
+    everything = dict(score_thresh=0.0, detections_per_img=5000)  # no cap but the NMS's
+    loose = Predictor.from_run(run, nms_thresh=0.9, **everything)
+    for nms in (0.9, 0.3):
+        kept[nms] = len(Predictor.from_run(run, nms_thresh=nms, **everything).raw(image)[
+            "scores"])
+    assert kept[0.3] < kept[0.9]
+    tight = loose.with_settings(nms_thresh=0.3)
+    assert tight.model is loose.model and tight.infer.nms_thresh == 0.3
+    assert len(tight.raw(image)["scores"]) == kept[0.3]
+    assert len(tight.with_settings(detections_per_img=5).raw(image)["scores"]) == 5
+    assert len(loose.raw(image)["scores"]) == kept[0.9]  # its own thresholds, not the last ones
+    assert loose.model.nms_thresh == 0.9
+    from spatialflow.config import ConfigError
+    with pytest.raises(ConfigError, match="infer.nms_thresh"):
+        loose.with_settings(nms_thresh=1.5)
+
+
+def test_run_dataset_opens_the_runs_data(run, data_root):
+    val = run_dataset(run)
+    assert len(val) == len(CocoPanopticDataset.from_root(data_root, "val"))
+    assert len(run_dataset(run, "train", data_root)) == len(
+        CocoPanopticDataset.from_root(data_root, "train"))
+    with pytest.raises(InputError, match="not a trained run"):
+        run_dataset(run.parent)
 
 
 def test_evaluate_run_defaults_and_data(run, data_root, tmp_path):

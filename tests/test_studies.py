@@ -9,7 +9,7 @@ import torch
 from spatialflow.config import load_config
 from spatialflow.data.coco_panoptic import CocoPanopticDataset
 from spatialflow.data.synthetic import make_synthetic
-from spatialflow.engine.runs import Predictor
+from spatialflow.engine.predict import Predictor
 from spatialflow.model import build_model
 from spatialflow.studies import (PAPER, Variant, components_variants, config_key,
                                  describe_plan, describe_speed, fig4_variants, flows_variants,

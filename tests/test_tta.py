@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from spatialflow.config import ConfigError, InferConfig, load_config
 from spatialflow.data.categories import CategoryMap
 from spatialflow.data.synthetic import SYNTHETIC_CATEGORIES
-from spatialflow.engine.predict import (augmentations, flip_boxes, merge_kwargs,
-                                        predict_raw, predict_tta, prepare_image)
-from spatialflow.engine.runs import Predictor
+from dataclasses import replace
+
+from spatialflow.engine.predict import (Predictor, augmentations, flip_boxes, merge_kwargs,
+                                        prepare_image)
 from spatialflow.panoptic import merge_outputs
 from spatialflow.model import build_model
 
@@ -23,6 +24,13 @@ def model():
     m.score_thresh = 0.0  # random weights: keep every candidate so there is something to pool
     m.detections_per_img = 30
     return m
+
+
+def predictor(model, infer, test_size=800, max_size=1333):
+    """A predictor of ``model`` with ``infer``, keeping every candidate as the model fixture
+    does (the predictor sets its detection thresholds on the model)."""
+    return Predictor(model, CATS, replace(infer, score_thresh=0.0, detections_per_img=30),
+                     test_size, max_size)
 
 
 def image(h=96, w=128, seed=0):
@@ -49,7 +57,7 @@ def test_one_pass_equals_plain_inference(model):
     """A single scale without flip is the model's own eval output (same boxes, masks, stuff)."""
     x = image(72, 100)
     infer = InferConfig(tta_scales=[[96, 400]])
-    tta = predict_tta(model, x, infer)
+    tta = predictor(model, infer).tta(x)
     with torch.no_grad():
         plain = model([prepare_image(x, 96, 400)], output_sizes=[(72, 100)])[0]
     assert len(plain["boxes"]) > 0
@@ -64,8 +72,8 @@ def test_flip_tta_is_mirror_symmetric(model):
     """With flip TTA, the prediction for a mirrored image is the mirrored prediction."""
     x = image()
     infer = InferConfig(tta_flip=True)
-    a = predict_tta(model, x, infer, test_size=96, max_size=None)
-    b = predict_tta(model, x.flip(-1), infer, test_size=96, max_size=None)
+    a = predictor(model, infer, 96, None).tta(x)
+    b = predictor(model, infer, 96, None).tta(x.flip(-1))
     assert (b["sem_seg"].flip(-1) == a["sem_seg"]).float().mean() > 0.999
     assert torch.allclose(b["scores"], a["scores"], atol=1e-6)
     assert torch.allclose(flip_boxes(b["boxes"], 128), a["boxes"], atol=1e-4)
@@ -84,7 +92,7 @@ def test_flip_tta_is_mirror_symmetric(model):
 def test_multi_scale_flip_averages_stuff_and_pools_detections(model):
     x = image(80, 120, seed=3)
     infer = InferConfig(tta_scales=[[64, 400], [112, 400]], tta_flip=True)
-    out = predict_tta(model, x, infer)
+    out = predictor(model, infer).tta(x)
     passes = []
     with torch.no_grad():
         for short, cap, flip in augmentations(infer, 0, None):
@@ -112,9 +120,9 @@ def test_multi_scale_flip_averages_stuff_and_pools_detections(model):
 def test_the_predictor_uses_tta_when_asked(model):
     x = image(64, 64, seed=5)
     infer = InferConfig(tta_flip=True, stuff_area=0)
-    result = Predictor(model, CATS, infer, test_size=64)(x, raw=True)
+    result = predictor(model, infer, 64)(x, raw=True)
     out, pan, segments = result["raw"], result["panoptic"], result["segments_info"]
-    assert torch.equal(out["sem_seg"], predict_tta(model, x, infer, 64)["sem_seg"])
+    assert torch.equal(out["sem_seg"], predictor(model, infer, 64).tta(x)["sem_seg"])
     assert pan.shape == (64, 64) and segments
 
 
@@ -134,11 +142,11 @@ def test_masks_of_usable_detections_only_give_the_same_result(model, tta):
     masks, and so the panoptic result, are those of the full output."""
     x = image(72, 100, seed=7)
     infer = InferConfig(tta_flip=tta, stuff_area=0)
-    full = predict_raw(model, x, infer, test_size=96)
+    full = predictor(model, infer, 96).raw(x)
     assert len(full["masks"]) == len(full["scores"]) > 4
     assert (full["scores"][:-1] >= full["scores"][1:]).all()
     infer.mask_conf = float(full["scores"][len(full["scores"]) // 2])  # about half the detections
-    result = Predictor(model, CATS, infer, test_size=96)(x, raw=True)
+    result = predictor(model, infer, 96)(x, raw=True)
     out, pan, segments = result["raw"], result["panoptic"], result["segments_info"]
     m = int((full["scores"] >= infer.mask_conf).sum())
     assert 0 < m == len(out["masks"]) < len(out["scores"])

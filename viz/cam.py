@@ -34,7 +34,7 @@ from torchvision.ops import boxes as box_ops
 
 from spatialflow.data.categories import CategoryMap
 from spatialflow.model.inputs import batch_images
-from spatialflow.engine.runs import Predictor
+from spatialflow.engine.predict import Predictor
 from spatialflow.errors import InputError
 from spatialflow.model.backbone import FPN_LEVELS
 from spatialflow.model.subnets import SEG_LEVELS
@@ -177,7 +177,7 @@ def compute_cam(model: nn.Module, image: torch.Tensor, head: str = "cls",
                 target: Union[None, int, Callable] = None, method: str = "gradcam",
                 per_level: bool = False) -> Union[np.ndarray, List[np.ndarray]]:
     """CAM of the ``head`` (``"cls"`` or ``"stuff"``) of ``model`` (a :class:`SpatialFlow`, or
-    a :class:`~spatialflow.engine.runs.Predictor`: its model) for ``image`` (``float[3,H,W]``
+    a :class:`~spatialflow.engine.predict.Predictor`: its model) for ``image`` (``float[3,H,W]``
     in [0, 1]) with ``method`` (``"gradcam"`` or ``"eigencam"``).
 
     ``target``: a callable target (e.g. :class:`ClassScoreTarget`, :class:`DetectionTarget`, or
@@ -368,7 +368,7 @@ def flows_comparison_figure(image: torch.Tensor, models: Mapping[str, nn.Module]
                             method: str = "gradcam",
                             ground_truth: Optional[Tuple[np.ndarray, Sequence[Mapping]]] = None
                             ) -> Figure:
-    """Paper Fig. 5: one row per model or :class:`~spatialflow.engine.runs.Predictor` (e.g.
+    """Paper Fig. 5: one row per model or :class:`~spatialflow.engine.predict.Predictor` (e.g.
     ``{"with flows": m1, "without flows": m2}``),
     columns = the image, the cls-head CAM of thing ``thing_class`` and the stuff-head CAM of
     ``stuff_class`` (dataset category ids of ``categories``), with a colour bar.

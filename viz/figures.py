@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 
-from spatialflow.data.coco_panoptic import CocoPanopticDataset
-from spatialflow.engine.predict import to_tensor
-from spatialflow.engine.runs import Predictor
+from spatialflow.engine.predict import Predictor, to_tensor
+from spatialflow.engine.runs import run_dataset
 from spatialflow.studies import (PAPER, QUICK_OVERRIDES, compare, components_variants,
                                  describe_plan, notebook_settings, plan_study, run_label,
                                  run_study, variant)
@@ -69,7 +68,7 @@ def make_figures(out, study="runs/studies", base: str = "tiny-cpu",
     predictor = Predictor.from_run(run["+ both"])
     cfg, categories = predictor.config, predictor.categories
     without = Predictor.from_run(run["+ sub-networks"])
-    data = CocoPanopticDataset.from_root(cfg.data.root, split or cfg.data.val_split)
+    data = run_dataset(run["+ both"], split, cfg=cfg)
     examples = cam_examples(data, images, at_least=1)
 
     paths = {name: out / name for name in only}

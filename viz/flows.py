@@ -26,7 +26,8 @@ from torch import nn
 
 from spatialflow.data.categories import CategoryMap
 from spatialflow.engine.predict import prepare_image
-from spatialflow.engine.runs import Predictor, unwrap
+from spatialflow.engine.predict import Predictor
+from spatialflow.engine.runs import unwrap
 from spatialflow.model.backbone import FPN_LEVELS
 from spatialflow.model.detection import LEVEL_STRIDES
 from spatialflow.model.subnets import SEG_LEVELS
@@ -43,7 +44,7 @@ _FLOWS = (("reg_to_cls", "{src}->{peer}", "psi(P_{src})"),
 
 def flow_maps(model, image: torch.Tensor) -> Dict[str, dict]:
     """What each flow of ``model`` (a :class:`~spatialflow.model.SpatialFlow` or a
-    :class:`~spatialflow.engine.runs.Predictor`, whose test size the image is resized to)
+    :class:`~spatialflow.engine.predict.Predictor`, whose test size the image is resized to)
     adds for ``image`` (``float[3,H,W]`` in [0, 1]).
 
     Returns ``{flow name: {"levels": [float32[h_l, w_l] per level P3-P5], "stride": [8, 16,

@@ -25,7 +25,7 @@ def prediction_rows(predictor, dataset, indices: Sequence[int],
                     name: str = "prediction") -> list:
     """Rows for :func:`overlay_figure`: for each item ``indices`` of ``dataset`` (a
     :class:`~spatialflow.data.CocoPanopticDataset`), the image with its ground truth and the
-    panoptic result of ``predictor`` (a :class:`~spatialflow.engine.runs.Predictor`)."""
+    panoptic result of ``predictor`` (a :class:`~spatialflow.engine.predict.Predictor`)."""
     rows = []
     for index in indices:
         image, gt, record = dataset.load(index)

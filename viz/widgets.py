@@ -33,7 +33,8 @@ from PIL import Image, ImageDraw
 from spatialflow.config import InferConfig
 from spatialflow.data.categories import CategoryMap
 from spatialflow.data.coco_panoptic import CocoPanopticDataset, check_segment_ids
-from spatialflow.engine.runs import Predictor, find_checkpoint, prepare_data
+from spatialflow.engine.predict import Predictor
+from spatialflow.engine.runs import find_checkpoint, run_dataset
 from spatialflow.errors import DatasetError, InputError
 from spatialflow.evaluation import image_pq
 from spatialflow.panoptic import merge_outputs
@@ -170,7 +171,7 @@ def as_predict_fn(model, categories: CategoryMap, infer: InferConfig, test_size:
     """A predict function ``image uint8[H,W,3] -> raw output`` (``boxes``, ``scores``,
     ``labels``, ``masks`` of every detection, ``sem_seg``, at the image size; the explorer
     merges it with its sliders' thresholds): :meth:`Predictor.raw
-    <spatialflow.engine.runs.Predictor.raw>` of a :class:`~spatialflow.engine.runs.Predictor`,
+    <spatialflow.engine.predict.Predictor.raw>` of a :class:`~spatialflow.engine.predict.Predictor`,
     or of a ``torch.nn.Module`` wrapped in one with ``infer``, ``test_size``, ``max_size`` and
     ``device``, with the masks as a :class:`~spatialflow.model.masks.BoxMasks` (each inside its
     box: the cached outputs stay small and a slider's merge reads the boxes only); any other
@@ -257,7 +258,7 @@ def check_model_categories(data_categories: CategoryMap, model, model_categories
     """Refuse a model trained on other categories than the data set's.
 
     With ``model_categories`` (the :class:`CategoryMap` the model was trained on, as
-    :class:`~spatialflow.engine.runs.Predictor` holds it) the dataset ids of things and
+    :class:`~spatialflow.engine.predict.Predictor` holds it) the dataset ids of things and
     stuff must be equal, as ``spatialflow evaluate`` requires; else a ``torch.nn.Module`` with
     ``num_things`` / ``num_sem_classes`` must have the data set's numbers of thing classes and
     stuff classes + 'other'. A predict function is not checked here (its labels are checked
@@ -285,7 +286,7 @@ class PanopticExplorer:
         dataset: a :class:`~spatialflow.data.CocoPanopticDataset`, a ``{split: data set}``
             mapping, or a data folder (see :func:`resolve_splits`).
         model: ``None`` (ground-truth browser), a ``torch.nn.Module`` (a SpatialFlow model in
-            eval mode, run as a :class:`~spatialflow.engine.runs.Predictor` with ``infer``,
+            eval mode, run as a :class:`~spatialflow.engine.predict.Predictor` with ``infer``,
             ``test_size``, ``max_size`` and ``device``), a ``Predictor``, or a
             predict function ``image uint8[H,W,3] -> raw output dict`` (``boxes``, ``scores``,
             ``labels``, ``masks`` (dense ``[M,1,H,W]`` or a
@@ -411,12 +412,23 @@ class PanopticExplorer:
     def from_run(cls, run, data=None, run_b=None, splits=None, names: Optional[Sequence[str]]
                  = None, device: str = "cpu", **kwargs) -> "PanopticExplorer":
         """An explorer of a trained run (folder or checkpoint, see
-        :class:`~spatialflow.engine.runs.Predictor`) on ``data`` (default: the run's
+        :class:`~spatialflow.engine.predict.Predictor`) on ``data`` (default: the run's
         ``data.root``, else the synthetic data in ``<run>/data``), with the run's inference
         settings and test size; ``run_b``: a second run for A/B mode."""
         predictor = Predictor.from_run(run, device)
         cfg = predictor.config
-        root = Path(data) if data is not None else prepare_data(cfg, predictor.run, write=False)
+        if data is None or isinstance(data, (str, Path)):  # the run's splits, as run_dataset
+            root, data = data, OrderedDict()                # opens them
+            for split in (splits or (cfg.data.val_split, cfg.data.train_split)):
+                try:
+                    data[split] = run_dataset(predictor.run, split, root, cfg)
+                except DatasetError:
+                    if splits is not None:
+                        raise
+            if not data:
+                raise DatasetError(f"{root or predictor.run}: no '{cfg.data.val_split}' or "
+                                   f"'{cfg.data.train_split}' split found")
+            splits = None
         predictor_b = Predictor.from_run(run_b, device) if run_b is not None else None
         if names is None:  # the variants of study runs, else the folders' names
             names = (run_label(run), "B" if run_b is None else run_label(run_b))
@@ -425,7 +437,7 @@ class PanopticExplorer:
         kwargs.setdefault("infer", cfg.infer)
         kwargs.setdefault("test_size", cfg.data.test_size)
         kwargs.setdefault("max_size", cfg.data.max_size)
-        return cls(root, predictor, model_b=predictor_b, splits=splits, names=names,
+        return cls(data, predictor, model_b=predictor_b, splits=splits, names=names,
                    device=device, model_categories=predictor.categories,
                    model_b_categories=None if predictor_b is None else predictor_b.categories,
                    **kwargs)

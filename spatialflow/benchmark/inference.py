@@ -58,7 +58,7 @@ def bench_spatialflow(name: str, overrides: Sequence[str], image: torch.Tensor,
 def spatialflow_row(name: str, model: nn.Module, cfg, categories, image: torch.Tensor,
                     repeat: int, device: str, mask_conf: Optional[float] = None) -> dict:
     """:func:`bench_spatialflow`'s row of a model already built: it runs as the
-    :class:`~spatialflow.engine.runs.Predictor` does (masks only for the detections scoring
+    :class:`~spatialflow.engine.predict.Predictor` does (masks only for the detections scoring
     at least ``mask_conf``, default the config's), then the merge (none for a detector
     alone)."""
     x = image.to(device)

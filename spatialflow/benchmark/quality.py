@@ -12,8 +12,8 @@ from spatialflow.benchmark.training import schedule_for_minutes
 from spatialflow.config import load_config
 from spatialflow.data.coco_panoptic import CocoPanopticDataset
 from spatialflow.data.synthetic import make_synthetic
-from spatialflow.engine.runs import (Predictor, evaluate_run, find_checkpoint, load_checkpoint,
-                                     prepare_data)
+from spatialflow.engine.predict import Predictor, evaluate_run
+from spatialflow.engine.runs import find_checkpoint, load_checkpoint, prepare_data, run_dataset
 from spatialflow.engine.train import train_or_resume
 from spatialflow.evaluation import PanopticEvaluator, metrics_row
 
@@ -27,7 +27,7 @@ def train_and_evaluate(cfg, run, seconds: float, eval_dir, progress: bool = Fals
     train_or_resume(cfg, run, progress=progress, evaluate_at_end=False, stop_after_s=seconds)
     spent = time.perf_counter() - start
     found = find_checkpoint(run)  # the final weights, or the checkpoint of the stop
-    val = CocoPanopticDataset.from_root(prepare_data(cfg, run, write=False), cfg.data.val_split)
+    val = run_dataset(run, cfg=cfg)
     metrics = evaluate_run(found, val, eval_dir, progress=progress)
     return {"iteration": int(load_checkpoint(found)["iteration"]), "train_s": spent,
             "metrics": metrics, "checkpoint": found, "dataset": val}

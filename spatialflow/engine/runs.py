@@ -1,5 +1,7 @@
-"""The run folder: its layout, one writer at a time, checkpoints, loading a trained model, and
-the one way to predict with it (:class:`Predictor`) and to evaluate it (:func:`evaluate_run`).
+"""The run folder and everything that knows it: its layout, one writer at a time, atomic
+checkpoints, loading a trained model (:func:`load_run`, :func:`load_weights`) and the run's data
+(:func:`prepare_data`, :func:`run_dataset`). Predicting with a run and evaluating it is
+:mod:`spatialflow.engine.predict`'s.
 
 A run folder holds ``config.yaml``, ``metrics.jsonl``, ``checkpoint_last.pt`` (written every
 ``train.checkpoint_every`` iterations), ``model_final.pt`` (at the end), ``eval/`` and, with
@@ -9,33 +11,23 @@ names that process. Any run can be resumed or re-evaluated from its folder alone
 
 from __future__ import annotations
 
-import collections
-import copy
 import json
 import os
+import shutil
 import socket
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
-from spatialflow.config import (Config, InferConfig, apply_overrides, config_from_dict,
-                                config_to_dict)
+from spatialflow.config import Config, apply_overrides, config_from_dict, config_to_dict
 from spatialflow.data.categories import CategoryMap
 from spatialflow.data.coco_panoptic import CocoPanopticDataset
-from spatialflow.data.panoptic_io import read_image
-from spatialflow.engine.predict import (merge_kwargs, padded_size, predict_raw_batch,
-                                        to_tensor, write_predictions)
-from spatialflow.errors import DatasetError, InputError
-from spatialflow.evaluation import PanopticEvaluator, coco_detections
+from spatialflow.errors import InputError
 from spatialflow.model import build_model
 from spatialflow.model.weights import load_part, load_state
-from spatialflow.panoptic import merge_outputs
 
 CONFIG = "config.yaml"
 LOG = "metrics.jsonl"
@@ -46,9 +38,6 @@ LOCK = "train.lock"
 FINAL_EVAL = Path("eval") / "final"
 #: what may change once a model is trained: the inference settings and the test resolution
 INFERENCE_KEYS = ("infer.", "data.test_size", "data.max_size")
-#: :meth:`Predictor.predict_dataset` puts at most this many padded pixels in one forward pass
-#: (64 images of 128 x 128; one 800 x 1088 image)
-BATCH_PIXELS = 1 << 20
 
 
 # --- one writer -----------------------------------------------------------------------------
@@ -161,6 +150,16 @@ def find_checkpoint(path) -> Optional[Path]:
     return next((path / f for f in (FINAL, CHECKPOINT) if (path / f).is_file()), None)
 
 
+def require_checkpoint(path) -> Path:
+    """:func:`find_checkpoint`, or an :class:`~spatialflow.errors.InputError` saying that
+    ``path`` is no trained run."""
+    found = find_checkpoint(path)
+    if found is None:
+        raise InputError(f"{path}: not a trained run: no {FINAL} or {CHECKPOINT} in that folder"
+                         if Path(path).is_dir() else f"{path}: no such run folder or checkpoint")
+    return found
+
+
 def run_folder(path) -> Path:
     """The run folder of a run folder or of a checkpoint file in it."""
     path = Path(path)
@@ -171,11 +170,7 @@ def load_run(path, device: str = "cpu", overrides: Sequence[str] = ()):
     """``(config, model in eval mode, categories)`` from a run folder (its ``model_final.pt``,
     else ``checkpoint_last.pt``) or a checkpoint file; ``overrides`` (``key=value``) may
     change the :data:`INFERENCE_KEYS` of its config."""
-    found = find_checkpoint(path)
-    if found is None:
-        raise InputError(f"{path}: not a trained run: no {FINAL} or {CHECKPOINT} in that folder"
-                         if Path(path).is_dir() else f"{path}: no such run folder or checkpoint")
-    path = found
+    path = require_checkpoint(path)
     state = load_checkpoint(path)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise InputError(f"{path}: not a SpatialFlow checkpoint (needs 'model' and 'config')")
@@ -238,6 +233,61 @@ def _differences(a: dict, b: dict, prefix: str = "") -> List[str]:
     return out
 
 
+# --- the log, a failed start, evaluations -------------------------------------------------
+def append_log(run, record: dict, on_log=None) -> None:
+    """Append ``record`` to the run's ``metrics.jsonl`` (one JSON object a line); then
+    ``on_log(record)``."""
+    with open(Path(run) / LOG, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if on_log is not None:
+        on_log(record)
+
+
+def clean_after_kill(run, iteration: int) -> None:
+    """Before a run resumes from its checkpoint of ``iteration``: remove the temporary file of
+    a checkpoint write that a kill tore, and drop the records of ``metrics.jsonl`` written
+    after ``iteration`` (the resumed run redoes those iterations) and any torn last line; the
+    log is rewritten atomically."""
+    run = Path(run)
+    for name in (CHECKPOINT, FINAL):
+        (run / (name + ".tmp")).unlink(missing_ok=True)
+    path = run / LOG
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("iter", 0) <= iteration:
+            keep.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(x + "\n" for x in keep))
+    os.replace(tmp, path)
+
+
+def undo_start(run, existed: bool, before: set) -> None:
+    """Remove what a new run that never saved a checkpoint wrote into ``run``: the whole
+    folder if it did not exist (``existed``), else what is there that ``before`` (its
+    entries then) did not hold."""
+    run = Path(run)
+    if not existed:
+        shutil.rmtree(run, ignore_errors=True)
+        return
+    for path in set(run.iterdir()) - before if run.is_dir() else ():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def eval_folder(run, iteration: Optional[int] = None) -> Path:
+    """Where an evaluation of the run goes: ``eval/iter_<N>`` during training, ``eval/final``
+    (:data:`FINAL_EVAL`) at the end."""
+    return Path(run) / (FINAL_EVAL if iteration is None else Path("eval") / f"iter_{iteration:07d}")
+
+
 # --- data -----------------------------------------------------------------------------------
 def prepare_data(cfg: Config, run_dir, write: bool = True, name: str = "data") -> Path:
     """The data folder: ``data.root``, or the synthetic data of ``data.synthetic`` in
@@ -249,8 +299,15 @@ def prepare_data(cfg: Config, run_dir, write: bool = True, name: str = "data") -
         if not root.is_dir():
             raise InputError(f"{root}: data.root is not a folder")
         return root
-    root = Path(run_dir) / name
-    s = cfg.data.synthetic
+    return synthetic_data(cfg, Path(run_dir) / name, write)
+
+
+def synthetic_data(cfg: Config, root, write: bool = True) -> Path:
+    """The one place that makes a config's synthetic data (``data.synthetic``): in ``root``,
+    generated there first when ``write`` and not yet there (the same bytes for the same
+    settings), else checked: data made with other settings raises
+    :class:`~spatialflow.errors.InputError`. Returns ``root``."""
+    root, s = Path(root), cfg.data.synthetic
     if write and not (root / f"panoptic_{cfg.data.val_split}.json").is_file():
         from spatialflow.data.synthetic import make_synthetic  # (the generator: only if needed)
         make_synthetic(root, s.num_train, s.num_val, s.size, s.seed, progress=True, scene=s.scene)
@@ -283,285 +340,16 @@ def _check_synthetic(root: Path, s) -> None:
                              f"settings: {said}; remove {root} or use another folder")
 
 
-# --- prediction -----------------------------------------------------------------------------
-ImageLike = Union[np.ndarray, torch.Tensor, str, os.PathLike]
-
-
-class Predictor:
-    """A trained model with everything inference needs, held once (in the spirit of
-    detectron2's ``DefaultPredictor``): the inference settings (``infer``: the merge
-    thresholds, test-time augmentation), the test resolution, the categories and the device.
-
-    ``predictor(image)`` takes an ``uint8[H,W,3]`` array, a ``float[3,H,W]`` tensor in [0, 1]
-    or an image path and returns ``{"panoptic": int32[H,W] segment ids (0 = void; PNG-ready
-    with :func:`~spatialflow.data.panoptic_io.write_panoptic_png`), "segments_info": [...] in
-    the data set's category ids}``, plus ``"raw"`` (boxes, scores, labels, masks, stuff map at
-    the image size) with ``raw=True``. The predictor of a detector alone (``model.panoptic:
-    false``) returns ``{"detections": [COCO results: category_id, bbox (xywh), score]}``
-    instead (:attr:`panoptic` says which).
-
-    Build it with :meth:`from_run` for a run folder or checkpoint, or directly around a model
-    in memory (e.g. during training). The detection thresholds (``score_thresh``,
-    ``nms_thresh``, ``detections_per_img``) are the model's own: :meth:`from_run` builds the
-    model with those of the run's ``infer`` (after the overrides); a model passed in is used
-    as it is.
-    """
-    def __init__(self, model, categories, infer: Optional[InferConfig] = None,
-                 test_size: int = 800, max_size: Optional[int] = 1333, device: str = "cpu",
-                 config: Optional[Config] = None):
-        self.model = model
-        self.categories = (categories if isinstance(categories, CategoryMap)
-                           else CategoryMap.from_coco(categories))
-        self.infer = infer or InferConfig()
-        self.test_size, self.max_size, self.device = test_size, max_size, device
-        self.config = config
-        self.run: Optional[Path] = None  # the run folder, for a predictor made by from_run
-
-    @classmethod
-    def from_run(cls, run, device: str = "cpu", overrides: Sequence[str] = (),
-                 channels_last: Optional[bool] = None, **infer) -> "Predictor":
-        """The predictor of a run folder (its final weights, else its last checkpoint) or a
-        checkpoint file. ``overrides`` (``"infer.mask_conf=0.5"``, ``"data.test_size=600"``,
-        as ``--set``) and keyword arguments named as :class:`InferConfig` fields
-        (``mask_conf=0.5``) or ``test_size`` / ``max_size`` change the run's inference
-        settings; anything else is refused.
-
-        ``channels_last`` (default: on a CPU) puts the model's weights in the channels_last
-        memory format, the convolutions' preferred layout on CPUs with oneDNN: SpatialFlow R50
-        at 800x1067 ran 1.04x, 1.14x and 1.15x faster on three 2-core Xeons, the same
-        outputs, and evaluating a ``tiny-cpu`` run at 128 px no slower (``spatialflow bench
-        --options``; docs/benchmarks.md)."""
-        known = {f.name for f in fields(InferConfig)} | {"test_size", "max_size"}
-        unknown = sorted(set(infer) - known)
-        if unknown:
-            raise InputError(f"Predictor.from_run: unknown inference setting(s) "
-                             f"{', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        sets = [f"{'data' if k in ('test_size', 'max_size') else 'infer'}.{k}={_override_value(v)}"
-                for k, v in infer.items()]
-        cfg, model, categories = load_run(run, device, [*overrides, *sets])
-        if channels_last if channels_last is not None else torch.device(device).type == "cpu":
-            model.to(memory_format=torch.channels_last)
-        predictor = cls(model, categories, cfg.infer, cfg.data.test_size, cfg.data.max_size,
-                        device, cfg)
-        predictor.run = run_folder(run)
-        return predictor
-
-    @property
-    def panoptic(self) -> bool:
-        """Whether the model segments (``False``: a detector alone, boxes only)."""
-        return getattr(unwrap(self.model), "panoptic", True)
-
-    def at_size(self, test_size: int, max_size: Optional[int]) -> "Predictor":
-        """The same predictor at another test resolution (shorter edge ``test_size``, longer
-        edge capped at ``max_size``); the model is shared."""
-        other = copy.copy(self)
-        other.test_size, other.max_size = test_size, max_size
-        return other
-
-    def raw(self, image: ImageLike, mask_conf: Optional[float] = None,
-            dense_masks: bool = True) -> dict:
-        """The model's raw output at the image's size (:func:`~spatialflow.engine.predict.
-        predict_raw`): masks of every detection, or with ``mask_conf`` of those scoring at
-        least that; with ``dense_masks=False`` as a :class:`~spatialflow.model.masks.BoxMasks`
-        (what the merge reads fastest)."""
-        return self.raw_batch([image], mask_conf, dense_masks)[0]
-
-    def raw_batch(self, images: Sequence[ImageLike], mask_conf: Optional[float] = None,
-                  dense_masks: bool = True) -> List[dict]:
-        """:meth:`raw` of several images in one forward pass (:func:`~spatialflow.engine.
-        predict.predict_raw_batch`: give it images of one :meth:`padded_size`)."""
-        return predict_raw_batch(self.model, [_as_tensor(im) for im in images], self.infer,
-                                 self.test_size, self.max_size, self.device, mask_conf,
-                                 dense_masks)
-
-    def padded_size(self, height: int, width: int) -> tuple:
-        """The ``(H, W)`` the model runs an ``height x width`` image at (resized to the test
-        size, then padded to the model's ``size_divisibility``)."""
-        divisor = getattr(unwrap(self.model), "size_divisibility", 1)
-        return padded_size(height, width, self.test_size, self.max_size, divisor)
-
-    def __call__(self, image: ImageLike, raw: bool = False) -> dict:
-        """The panoptic result of one image (see the class; a detector's detections);
-        ``raw``: add the model's output (masks of the detections the merge can use: score >=
-        ``infer.mask_conf``)."""
-        out = self.raw(image, self.infer.mask_conf, dense_masks=raw)
-        if not self.panoptic:
-            result = {"detections": coco_detections(out, self.categories)}
-            return dict(result, raw=out) if raw else result
-        return self._merged(out, raw)
-
-    def _merged(self, out: dict, raw: bool = True) -> dict:
-        if not self.panoptic:  # nothing to merge: boxes only
-            return {"panoptic": None, "segments_info": None, "raw": out}
-        pan, segments = merge_outputs(out, self.categories, **merge_kwargs(self.infer))
-        result = {"panoptic": pan, "segments_info": segments}
-        if raw:
-            result["raw"] = out
-        return result
-
-    def predict_dataset(self, dataset, indices=None, progress: bool = True,
-                        on_error: Optional[Callable[[int, Exception], None]] = None,
-                        check: Optional[Callable[[np.ndarray, dict], None]] = None,
-                        batch_size: int = 8) -> Iterator[tuple]:
-        """Yield ``(index, record, raw output, panoptic id map, segments_info)`` for the items
-        of a :class:`~spatialflow.data.CocoPanopticDataset` (read without its transforms), at
-        their original size, in the order of ``indices``. The raw output's masks are a
-        :class:`~spatialflow.model.masks.BoxMasks` (``.dense()`` gives the tensor). For a detector
-        alone the id map and segments are ``None``.
-
-        Consecutive items of one :meth:`padded_size` go through the model together, up to
-        ``batch_size`` of them and :data:`BATCH_PIXELS` padded pixels (each gets the output it
-        would get alone). The next items are read, and the last batch merged, while the model
-        runs (one thread each).
-
-        Args:
-            on_error: called as ``on_error(index, error)`` for an item whose image or panoptic
-                PNG cannot be read (a :class:`~spatialflow.errors.DatasetError` from
-                ``dataset.load`` or from ``check``); the item is then left out and the others
-                go on. Without it, the first such error is raised.
-            check: called as ``check(ground-truth id map, record)`` on each item before it is
-                predicted; raise ``DatasetError`` to refuse the item.
-        """
-        indices = range(len(dataset)) if indices is None else list(indices)
-
-        def load(idx):
-            try:
-                image, gt_pan, rec = dataset.load(idx)
-                if check is not None:
-                    check(gt_pan, rec)
-                return idx, image, rec, None
-            except DatasetError as e:
-                return idx, None, None, e
-
-        bar = tqdm(total=len(indices), desc="predict", unit="img", disable=not progress)
-        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as merger:
-            items = _read_ahead(reader, load, indices, 2 * batch_size)
-            previous = []
-            for batch in self._batches(items, batch_size, on_error, bar):
-                outs = self.raw_batch([image for _, image, _ in batch], self.infer.mask_conf,
-                                      dense_masks=False)
-                # this batch is merged while the previous one is handed out (and, by an
-                # evaluation, written) and the next one goes through the model
-                merged = [merger.submit(self._merged, out) for out in outs]
-                yield from _finished(previous, bar)
-                previous = [(idx, rec, future) for (idx, _, rec), future in zip(batch, merged)]
-            yield from _finished(previous, bar)
-        bar.close()
-
-    def _batches(self, items, batch_size: int, on_error, bar):
-        """Consecutive readable items of one :meth:`padded_size`, ``batch_size`` and
-        :data:`BATCH_PIXELS` at most; items that failed to read go to ``on_error`` (or raise)."""
-        batch, key = [], None
-        for idx, image, rec, error in items:
-            if error is not None:
-                if on_error is None:
-                    raise error
-                on_error(idx, error)
-                bar.update()
-                continue
-            size = self.padded_size(*image.shape[:2])
-            if batch and (size != key or len(batch) >= batch_size
-                          or (len(batch) + 1) * size[0] * size[1] > BATCH_PIXELS):
-                yield batch
-                batch = []
-            batch.append((idx, image, rec))
-            key = size
-        if batch:
-            yield batch
-
-    def evaluate(self, dataset, out_dir, max_images: Optional[int] = None,
-                 instances_json=None, progress: bool = True,
-                 on_skip: Optional[Callable[[object, str, str], None]] = None) -> dict:
-        """Predict every image of ``dataset`` (or the first ``max_images``) and score them with
-        panopticapi and pycocotools (:class:`~spatialflow.evaluation.PanopticEvaluator`; a
-        detector alone by box AP only); writes the predictions and ``metrics.json`` into
-        ``out_dir`` and returns the metrics.
-
-        An item whose image or panoptic PNG cannot be read, whose sizes differ, or whose PNG
-        ids do not match its ``segments_info`` is left out with a ``SkippedItemWarning``; the
-        left-out items are listed in ``out_dir/skipped.json`` and passed to
-        ``on_skip(image_id, file, reason)`` as they are met. Raises ``DatasetError`` when no
-        item can be read."""
-        evaluator = PanopticEvaluator(dataset, out_dir, instances_json, self.panoptic)
-
-        def skip(idx, error):
-            evaluator.skip(dataset.annotation(idx), error)
-            if on_skip is not None:
-                on_skip(*evaluator.skipped[-1])
-
-        n = len(dataset) if max_images is None else min(max_images, len(dataset))
-        for _, rec, out, pan, segments in self.predict_dataset(dataset, range(n), progress,
-                                                               on_error=skip,
-                                                               check=evaluator.check):
-            evaluator.add(rec, out, pan, segments)
-        return evaluator.compute()
-
-    def write(self, files: Sequence, out_dir, progress: bool = True):
-        """Predict image files and write ``out_dir/panoptic/*.png`` + ``panoptic.json`` (COCO
-        panoptic) and ``out_dir/overlays/*.png`` (:func:`~spatialflow.engine.predict.
-        write_predictions`); returns ``(number written, [(file, reason), ...])``."""
-        return write_predictions(self, files, out_dir, progress)
-
-
-def _read_ahead(pool, fn, items, ahead: int):
-    """``fn(item)`` for each of ``items``, in order, computed in ``pool`` up to ``ahead`` items
-    before they are asked for."""
-    pending = collections.deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) > ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
-def _finished(merged, bar):
-    """``(index, record, raw output, panoptic id map, segments_info)`` of each ``(index,
-    record, future of Predictor._merged)``, in order, as each merge finishes."""
-    for idx, rec, future in merged:
-        result = future.result()
-        bar.update()
-        yield idx, rec, result["raw"], result["panoptic"], result["segments_info"]
-
-
-def _override_value(value) -> str:
-    """A Python value as the ``key=value`` override syntax reads it."""
-    return json.dumps(value) if not isinstance(value, str) else value
-
-
-def _as_tensor(image: ImageLike) -> torch.Tensor:
-    if isinstance(image, torch.Tensor):
-        return image
-    if isinstance(image, (str, os.PathLike)):
-        image = read_image(image)
-    return to_tensor(image)
-
-
-def evaluate_run(run, data=None, out=None, split: Optional[str] = None, device: str = "cpu",
-                 overrides: Sequence[str] = (), max_images: Optional[int] = None,
-                 instances_json=None, progress: bool = True,
-                 on_skip: Optional[Callable[[object, str, str], None]] = None) -> dict:
-    """Evaluate a trained run (folder or checkpoint, or the :class:`Predictor` of one) and
-    return its metrics (``metrics.json``'s content, also written into ``out``, default
-    ``<run>/eval/final``).
-
-    ``data``: a :class:`~spatialflow.data.CocoPanopticDataset`, or a data folder in
-    ``make-data``'s or COCO's layout whose ``split`` (default: the run's val split) is read;
-    default: the run's own data (its synthetic data made again if its ``data/`` folder is
-    gone: the same bytes for the same config). The data set's categories must be those the run
-    was trained on. ``overrides`` change the run's inference settings (as :meth:`Predictor.from_run`);
-    the rest is :meth:`Predictor.evaluate`'s."""
-    predictor = run if isinstance(run, Predictor) else Predictor.from_run(run, device, overrides)
-    cfg, folder = predictor.config, predictor.run
-    if cfg is None or folder is None:
-        raise InputError("evaluate_run needs a run: a folder, a checkpoint or "
-                         "Predictor.from_run(...); for a model in memory use Predictor.evaluate")
-    if isinstance(data, CocoPanopticDataset):
-        dataset = data
-    else:
-        root = Path(data) if data is not None else prepare_data(cfg, folder)
-        dataset = CocoPanopticDataset.from_root(root, split or cfg.data.val_split,
-                                                on_error=cfg.data.on_error)
-    dataset.categories.check_model(predictor.categories, str(dataset.panoptic_json))
-    out = Path(out) if out is not None else folder / FINAL_EVAL
-    return predictor.evaluate(dataset, out, max_images, instances_json, progress, on_skip)
+def run_dataset(run, split: Optional[str] = None, data=None, cfg: Optional[Config] = None,
+                on_error: Optional[str] = None) -> CocoPanopticDataset:
+    """The one way to open a run's data: the ``split`` (default: the run's val split) of
+    ``data`` (a folder in ``make-data``'s or COCO's layout) or, without it, of the run's own
+    data (:func:`prepare_data`: ``data.root``, or its synthetic data, made again if its folder
+    is gone: the same bytes for the same config). ``cfg``: the run's config (read from the
+    run's checkpoint when not given); ``on_error``: ``"raise"`` or ``"skip"`` (default: the
+    config's ``data.on_error``)."""
+    if cfg is None:
+        cfg = config_from_dict(load_checkpoint(require_checkpoint(run))["config"])
+    root = Path(data) if data is not None else prepare_data(cfg, run_folder(run))
+    return CocoPanopticDataset.from_root(root, split or cfg.data.val_split,
+                                         on_error=on_error or cfg.data.on_error)

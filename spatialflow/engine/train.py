@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
-import shutil
 import signal
 import time
 import warnings
@@ -41,8 +39,10 @@ from spatialflow.engine.cpu_step import (TUNE_MIN_ITERS, StepFormat, cpu_has_amx
                                          tuned_format)
 from spatialflow.engine.faults import (StopSignals, agree, grads_finite, ignore_stop_signals,
                                        nonfinite_terms, params_finite)
-from spatialflow.engine.runs import (CHECKPOINT, CONFIG, FINAL, LOG, Predictor, RunLock,
-                                     load_checkpoint, prepare_data, save_checkpoint, unwrap)
+from spatialflow.engine.predict import Predictor
+from spatialflow.engine.runs import (CHECKPOINT, CONFIG, FINAL, LOG, RunLock, append_log,
+                                     clean_after_kill, eval_folder, load_checkpoint,
+                                     prepare_data, save_checkpoint, undo_start, unwrap)
 from spatialflow.errors import InputError, TrainingDiverged, TrainingInterrupted
 from spatialflow.evaluation import format_metrics
 from spatialflow.model import build_model
@@ -132,29 +132,6 @@ def _to(targets, device):
             for t in targets]
 
 
-def _trim_log(path: Path, iteration: int) -> None:
-    """Drop the records of ``metrics.jsonl`` written after ``iteration`` (a resumed run redoes
-    those iterations) and any torn last line of a killed run; rewritten atomically."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and record.get("iter", 0) <= iteration:
-            keep.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(x + "\n" for x in keep))
-    os.replace(tmp, path)
-
-
-def _log(path: Path, record: dict, on_log=None) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-    if on_log is not None:
-        on_log(record)
 
 
 def train(config, out, resume: bool = False, device: Optional[str] = None,
@@ -193,7 +170,7 @@ def train(config, out, resume: bool = False, device: Optional[str] = None,
         except BaseException:
             started = any((run / name).exists() for name in (CHECKPOINT, FINAL))
             if not resume and not started and rank == 0:
-                _undo_start(run, existed, before)
+                undo_start(run, existed, before)
             raise
 
 
@@ -206,18 +183,6 @@ def train_or_resume(config, out, **kwargs) -> Path:
     if (run / FINAL).is_file():
         return run
     return train(config, run, resume=(run / CHECKPOINT).is_file(), **kwargs)
-
-
-def _undo_start(run: Path, existed: bool, before: set) -> None:
-    """Remove what a new run that never saved a checkpoint wrote into ``run``."""
-    if not existed:
-        shutil.rmtree(run, ignore_errors=True)
-        return
-    for path in set(run.iterdir()) - before if run.is_dir() else ():
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
 
 
 def _train(config, run: Path, resume: bool, device: Optional[str], progress: bool,
@@ -349,9 +314,7 @@ class _Loop:
             state = load_checkpoint(run / CHECKPOINT)
             self.cfg = config_from_dict(state["config"])
             if self.rank == 0:
-                for name in (CHECKPOINT, FINAL):
-                    (run / (name + ".tmp")).unlink(missing_ok=True)
-                _trim_log(run / LOG, int(state["iteration"]))
+                clean_after_kill(run, int(state["iteration"]))
         else:
             self.cfg = config if isinstance(config, Config) else load_config(config)
             if self.rank == 0:
@@ -416,8 +379,8 @@ class _Loop:
         message = (f"iteration {it}: non-finite {', '.join(bad)}; step skipped "
                    f"({self.bad_steps} so far, train.max_bad_steps={t.max_bad_steps})")
         if self.rank == 0:
-            _log(run / LOG, {"iter": it, "bad_step": bad, "bad_steps": self.bad_steps},
-                 self.on_log)
+            append_log(run, {"iter": it, "bad_step": bad, "bad_steps": self.bad_steps},
+                       self.on_log)
         if self.bad_steps > t.max_bad_steps:
             if self.checkpoint(it - 1):
                 kept = f"Checkpoint of iteration {it - 1}: {run / CHECKPOINT}"
@@ -447,7 +410,7 @@ class _Loop:
         lr = self.scheduler.get_last_lr()[0]
         self.bar.set_postfix(loss=f"{sum(values.values()):.3f}", lr=f"{lr:.2g}")
         if self.rank == 0:
-            _log(self.run / LOG, {"iter": it, "lr": lr, "loss": sum(values.values()), **values,
+            append_log(self.run, {"iter": it, "lr": lr, "loss": sum(values.values()), **values,
                                   "images_per_s": rate, "skipped": self.skipped}, self.on_log)
 
     def checkpoint_due(self) -> bool:
@@ -486,12 +449,12 @@ class _Loop:
             cfg = self.cfg
             predictor = Predictor(unwrap(self.model), self.train_ds.categories, cfg.infer,
                                   cfg.data.test_size, cfg.data.max_size, self.device)
-            metrics = predictor.evaluate(self.val_ds, self.run / "eval" / f"iter_{self.it:07d}",
+            metrics = predictor.evaluate(self.val_ds, eval_folder(self.run, self.it),
                                          progress=self.progress)
             record = {"iter": self.it, "bbox": metrics["bbox"]}
             if "panoptic" in metrics:  # (a detector alone has box AP only)
                 record["eval"] = {k: metrics["panoptic"][k] for k in ("All", "Things", "Stuff")}
-            _log(self.run / LOG, record, self.on_log)
+            append_log(self.run, record, self.on_log)
             print(format_metrics(metrics))
         self.model.train()
         _barrier()

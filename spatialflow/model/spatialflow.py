@@ -220,11 +220,20 @@ class SpatialFlow(RetinaNet):
                 logits = F.interpolate(logits, size=(oh, ow), mode="bilinear",
                                        align_corners=False)
                 h, w = oh, ow
-            det["masks"] = paste_mask_crops(probs, det["boxes"][:len(probs)], (h, w))
-            if dense_masks:
-                det["masks"] = det["masks"].dense()
-            det["sem_seg"] = stuff_map(logits[0])
+            det.update(self.image_output(det["boxes"], probs, logits[0], (h, w), dense_masks))
         return detections
+
+    @staticmethod
+    def image_output(boxes: torch.Tensor, mask_probs: torch.Tensor, stuff_scores: torch.Tensor,
+                     size: Sequence[int], dense_masks: bool = True) -> Dict[str, object]:
+        """The last step of inference for one image of ``size = (H, W)``, shared by
+        :meth:`forward` and test-time augmentation: ``masks``, the ``[K,1,28,28]`` mask
+        probabilities pasted into the first ``K`` of ``boxes`` (a
+        :class:`~spatialflow.model.masks.BoxMasks`, or its dense ``float[K,1,H,W]`` form), and
+        ``sem_seg``, the stuff map of ``stuff_scores`` (``[S+1,H,W]`` logits or probabilities)."""
+        masks = paste_mask_crops(mask_probs, boxes[:len(mask_probs)], size)
+        return {"masks": masks.dense() if dense_masks else masks,
+                "sem_seg": stuff_map(stuff_scores)}
 
     def thing_loss(self, mask_logits: torch.Tensor, rois: List[torch.Tensor],
                    matched: List[torch.Tensor], targets: List[Dict]) -> torch.Tensor:

@@ -16,7 +16,8 @@ import torch
 from tqdm import tqdm
 
 from spatialflow.config import config_to_dict, load_config
-from spatialflow.engine.runs import CHECKPOINT, FINAL, evaluate_run, find_checkpoint, prepare_data
+from spatialflow.engine.predict import evaluate_run
+from spatialflow.engine.runs import CHECKPOINT, FINAL, find_checkpoint, prepare_data
 from spatialflow.engine.train import train
 from spatialflow.evaluation import metrics_row
 from spatialflow.model.seeding import SCHEME

@@ -20,7 +20,7 @@ def speed_vs_scale(predictor, dataset, scales: Sequence[int],
     """Table XI on this machine: for each test scale (shorter edge; longer edge capped at
     ``max_size_ratio`` times it), PQ on ``dataset`` and images per second of inference
     (network + mask pasting + panoptic merge, after one warm-up image; reading and writing
-    files not counted) with ``predictor`` (a :class:`~spatialflow.engine.runs.Predictor`, whose
+    files not counted) with ``predictor`` (a :class:`~spatialflow.engine.predict.Predictor`, whose
     inference settings are kept). Rows: ``scale``, ``padded`` (the shorter edge the network
     sees: the model pads to a multiple of its ``size_divisibility``, so two scales can cost the
     same), ``images_per_s``, ``seconds``, ``images``, ``seconds_sd`` (the sample std of the
