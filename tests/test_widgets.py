@@ -291,8 +291,8 @@ def test_with_a_real_tiny_model_and_from_run(ds, tmp_path):
     ex = PanopticExplorer.from_run(tmp_path / "study" / "both-0123abcd" / "seed0",
                                    data=ds.image_dir.parent, splits=["train"],
                                    run_b=tmp_path / "study" / "sub-networks-89abcdef" / "seed0")
-    assert [p["name"] for p in ex.state()["panels"]] == ["ground truth", "both, seed 0",
-                                                          "sub-networks, seed 0"]
+    assert [p["name"] for p in ex.state()["panels"]] == ["ground truth", "both (seed 0)",
+                                                          "sub-networks (seed 0)"]
 
     # open(): the run if it holds a model, else the ground truth with a warning
     ex = PanopticExplorer.open(run, data=ds.image_dir.parent, splits=["train"])
